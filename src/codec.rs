@@ -39,7 +39,10 @@ impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DecodeError::Version { peer } => {
-                write!(f, "peer speaks vmux protocol version {peer}, this side speaks version {VERSION}")
+                write!(
+                    f,
+                    "peer speaks vmux protocol version {peer}, this side speaks version {VERSION}"
+                )
             }
             DecodeError::FrameTooLarge { len, max } => {
                 write!(f, "peer sent a {len}-byte frame, the limit is {max}")
@@ -100,7 +103,13 @@ enum Scan {
 impl Decoder {
     /// A decoder that accepts payloads up to `max_payload` bytes.
     pub fn new(max_payload: u32) -> Decoder {
-        Decoder { partial: Vec::new(), max_payload, payload_crc: false, in_resync: false, stats: DecoderStats::default() }
+        Decoder {
+            partial: Vec::new(),
+            max_payload,
+            payload_crc: false,
+            in_resync: false,
+            stats: DecoderStats::default(),
+        }
     }
 
     /// Expects (or not) a CRC32C trailer on every non-empty payload from the next frame on.
@@ -230,11 +239,16 @@ impl Decoder {
             return Scan::Skip(1, SkipReason::HeaderCrc);
         }
         if view.version() != VERSION {
-            return Scan::Fatal(DecodeError::Version { peer: view.version() });
+            return Scan::Fatal(DecodeError::Version {
+                peer: view.version(),
+            });
         }
         let len = view.payload_len();
         if len > self.max_payload {
-            return Scan::Fatal(DecodeError::FrameTooLarge { len, max: self.max_payload });
+            return Scan::Fatal(DecodeError::FrameTooLarge {
+                len,
+                max: self.max_payload,
+            });
         }
         let kind = view.kind_raw();
         let trailer = len > 0 && (kind == wire::Kind::Hello as u8 || self.payload_crc);
@@ -247,7 +261,12 @@ impl Decoder {
         if trailer && !payload_crc_ok(payload, &bytes[body_end..total]) {
             return Scan::Skip(1, SkipReason::PayloadCrc);
         }
-        let frame = RawFrame { kind, flags: view.flags_raw(), stream: view.stream_id(), payload: payload.to_vec() };
+        let frame = RawFrame {
+            kind,
+            flags: view.flags_raw(),
+            stream: view.stream_id(),
+            payload: payload.to_vec(),
+        };
         Scan::Frame(frame, total)
     }
 }
@@ -263,7 +282,9 @@ fn starts_with_magic(bytes: &[u8]) -> bool {
 /// The offset of the first possible frame start after offset 0 (a lone trailing first magic
 /// byte counts), or the length if there is none.
 fn next_magic(bytes: &[u8]) -> usize {
-    (1..bytes.len()).find(|&i| starts_with_magic(&bytes[i..])).unwrap_or(bytes.len())
+    (1..bytes.len())
+        .find(|&i| starts_with_magic(&bytes[i..]))
+        .unwrap_or(bytes.len())
 }
 
 #[cfg(not(fuzzing))]
@@ -407,11 +428,20 @@ mod tests {
     fn oversized_length_is_fatal_before_allocation() {
         let mut d = Decoder::new(1024);
         let mut bytes = vec![0u8; HEADER_LEN];
-        crate::wire::Header { kind: Kind::Data, flags: Flags::empty(), stream: 1, len: 0xFFFF_FFF0 }.emit(&mut bytes);
+        crate::wire::Header {
+            kind: Kind::Data,
+            flags: Flags::empty(),
+            stream: 1,
+            len: 0xFFFF_FFF0,
+        }
+        .emit(&mut bytes);
         let mut input = &bytes[..];
         assert_eq!(
             d.decode(&mut input),
-            Some(Err(DecodeError::FrameTooLarge { len: 0xFFFF_FFF0, max: 1024 }))
+            Some(Err(DecodeError::FrameTooLarge {
+                len: 0xFFFF_FFF0,
+                max: 1024
+            }))
         );
         assert!(d.buffered() <= HEADER_LEN);
     }
@@ -425,7 +455,10 @@ mod tests {
         bytes[16..20].copy_from_slice(&crc);
         let mut input = &bytes[..];
         let err = d.decode(&mut input).unwrap().unwrap_err();
-        assert_eq!(err.to_string(), "peer speaks vmux protocol version 2, this side speaks version 1");
+        assert_eq!(
+            err.to_string(),
+            "peer speaks vmux protocol version 2, this side speaks version 1"
+        );
     }
 
     #[test]

@@ -1,1 +1,2004 @@
-//! TODO
+//! The session state machine: streams, credit, keepalive and shutdown over one byte pipe, sans-I/O.
+//!
+//! # Protocol primer
+//!
+//! (docs/protocol.md is the full reference.) A *session* is one byte pipe between two peers, a
+//! `Client` (normally the host, odd stream ids) and a `Server` (normally the guest, even ids).
+//!
+//! - **Start.** Each side sends HELLO as soon as the link is up (version, role, limits, features,
+//!   a per-link nonce). A HELLO without the REPLY flag is always answered with HELLO|REPLY, so a
+//!   HELLO lost on a serial line before the peer was listening costs one retry, not the session.
+//!   Until a HELLO arrives, every other frame is stale (an earlier link's bytes) and is dropped.
+//!   A HELLO with a new nonce later means the peer restarted: every stream fails with LINK_LOST.
+//! - **Streams.** OPEN(id, initial credit, service, args) is answered by OPEN_OK(initial credit,
+//!   reply) or OPEN_ERR(code, message). Each side then sends DATA within its credit, and CLOSE
+//!   when it has no more to send (a half-close). A stream ends when both CLOSEs crossed and the
+//!   application took every byte; RESET(code) ends it at once in both directions.
+//! - **Credit.** Per stream and direction, the receiver grants an absolute limit: the sender may
+//!   have sent at most `limit` bytes (mod 2^32) in total. `available = limit - sent`. The
+//!   receiver raises the limit with CREDIT as the application consumes, never lowers it, and
+//!   the sum of what it has granted but the application has not consumed stays under
+//!   `max_buffered`: that, and nothing else, bounds receive memory. DATA beyond the limit gets
+//!   RESET(FLOW_CONTROL).
+//! - **Keepalive.** After `keepalive_interval` without any frame from the peer, send PING; if
+//!   nothing arrives within `keepalive_timeout` after it, the session ends with TIMEOUT. A gap
+//!   between two calls longer than the timeout means this process was frozen (VM paused, host
+//!   suspended): it re-arms the probe instead of declaring the peer dead.
+//! - **Shutdown.** GOAWAY(NORMAL) stops new streams; existing ones finish. A side with no stream
+//!   left sends GOAWAY|DRAINED; the session ends once DRAINED went both ways, which proves each
+//!   side received everything the other sent (an EOF alone proves nothing). GOAWAY with any
+//!   other code ends the session at once.
+//!
+//! # Use
+//!
+//! Feed received bytes to [`Mux::handle_input`], write what [`Mux::poll_transmit`] returns and
+//! report it with [`Mux::advance_output`], call [`Mux::handle_timeout`] at [`Mux::poll_at`], and
+//! drain [`Mux::poll_event`]. Stream operations ([`Mux::open`], [`Mux::send`], [`Mux::recv`],
+//! [`Mux::release`], [`Mux::close`], [`Mux::reset`]) only record work; frames are built when the
+//! caller asks for output, data streams taking turns in chunks of at most `chunk` bytes.
+
+use crate::codec::{DecodeError, Decoder, RawFrame};
+use crate::time::Instant;
+use crate::wire::{
+    self, Credit, ErrorBody, ErrorCode, Features, Flags, Hello, Kind, Open, OpenOk, PingBody, Role,
+    MAX_FRAME_LIMIT, MIN_FRAME_LIMIT,
+};
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::num::Wrapping;
+use std::time::Duration;
+
+/// A stream id (odd: opened by the client; even: opened by the server).
+pub type StreamId = u32;
+
+/// Session settings. Limits are what *this* side accepts; the peer's come in its HELLO.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Which ids this side opens.
+    pub role: Role,
+    /// Largest payload this side accepts (announced in HELLO).
+    pub max_frame: u32,
+    /// Most concurrent streams this side accepts from the peer.
+    pub max_streams: u32,
+    /// Receive window per stream: credit is raised to `consumed + stream_window`.
+    pub stream_window: u32,
+    /// Most bytes granted to the peer and not yet consumed, over all streams.
+    pub max_buffered: usize,
+    /// Largest DATA payload per scheduling turn, so one stream cannot starve the others.
+    pub chunk: usize,
+    /// Ask for CRC32C trailers on every payload (serial links).
+    pub payload_crc: bool,
+    /// Silence before a keepalive PING; `None` disables keepalive.
+    pub keepalive_interval: Option<Duration>,
+    /// Silence after a PING before the session is declared dead.
+    pub keepalive_timeout: Duration,
+    /// How often HELLO is resent while the peer has not answered (only when nothing is queued).
+    pub hello_retry: Duration,
+    /// Most control frames queued while the peer does not read, before OVERLOAD ends the session.
+    pub max_pending_control: usize,
+    /// Stop building frames when this many output bytes are waiting.
+    pub output_high_water: usize,
+    /// Random per link start; the caller supplies it (the core has no randomness).
+    pub nonce: u64,
+    /// Identifies this boot or process in HELLO.
+    pub boot_id: [u8; 16],
+}
+
+impl Config {
+    /// Defaults for a reliable socket link (unix, vsock, hybrid vsock).
+    pub fn new(role: Role, nonce: u64) -> Config {
+        Config {
+            role,
+            max_frame: 64 << 10,
+            max_streams: 1024,
+            stream_window: 256 << 10,
+            max_buffered: 16 << 20,
+            chunk: 64 << 10,
+            payload_crc: false,
+            keepalive_interval: Some(Duration::from_secs(15)),
+            keepalive_timeout: Duration::from_secs(30),
+            hello_retry: Duration::from_secs(1),
+            max_pending_control: 4096,
+            output_high_water: 256 << 10,
+            nonce,
+            boot_id: [0; 16],
+        }
+    }
+
+    /// Defaults for a serial link (virtio-serial, UART, pty): payload CRCs and small chunks so
+    /// streams interleave finely on slow lines.
+    pub fn serial(role: Role, nonce: u64) -> Config {
+        Config {
+            payload_crc: true,
+            chunk: 4 << 10,
+            output_high_water: 32 << 10,
+            ..Config::new(role, nonce)
+        }
+    }
+}
+
+/// Errors from misusing the API (the peer's misbehaviour is reported as events instead).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MuxError {
+    /// The session is shutting down: no new stream.
+    GoingAway,
+    /// The session has ended.
+    Terminated,
+    /// The peer accepts no more concurrent streams.
+    StreamLimit { max: u32 },
+    /// No such stream (never opened, or already ended).
+    UnknownStream(StreamId),
+    /// The service name is not 1-64 of `[A-Za-z0-9._-]`.
+    BadServiceName(String),
+    /// The OPEN or OPEN_OK would not fit in one frame.
+    TooLarge { len: usize, max: usize },
+    /// The stream's write side was closed.
+    WriteClosed(StreamId),
+    /// The stream is not waiting for this operation (e.g. accept on an accepted stream).
+    WrongState(StreamId),
+}
+
+impl fmt::Display for MuxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MuxError::GoingAway => f.write_str("session is shutting down"),
+            MuxError::Terminated => f.write_str("session has ended"),
+            MuxError::StreamLimit { max } => {
+                write!(f, "peer accepts at most {max} concurrent streams")
+            }
+            MuxError::UnknownStream(id) => write!(f, "no stream {id}"),
+            MuxError::BadServiceName(name) => {
+                write!(f, "bad service name {name:?}: use 1-64 of [A-Za-z0-9._-]")
+            }
+            MuxError::TooLarge { len, max } => {
+                write!(f, "{len} bytes do not fit in one frame (max {max})")
+            }
+            MuxError::WriteClosed(id) => write!(f, "stream {id} is closed for writing"),
+            MuxError::WrongState(id) => write!(f, "stream {id} is not in a state for that"),
+        }
+    }
+}
+
+impl std::error::Error for MuxError {}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Termination {
+    /// NORMAL for a graceful end; otherwise the error.
+    pub code: ErrorCode,
+    /// Detail for people.
+    pub message: String,
+    /// Whether the peer ended it (its GOAWAY) rather than this side.
+    pub by_peer: bool,
+}
+
+impl Termination {
+    /// Whether the session ended gracefully.
+    pub fn is_graceful(&self) -> bool {
+        self.code == ErrorCode::NORMAL
+    }
+}
+
+impl fmt::Display for Termination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let who = if self.by_peer { "peer" } else { "this side" };
+        if self.is_graceful() {
+            write!(f, "session closed by {who}")
+        } else if self.message.is_empty() {
+            write!(f, "session ended by {who}: {}", self.code)
+        } else {
+            write!(f, "session ended by {who}: {}: {}", self.code, self.message)
+        }
+    }
+}
+
+/// What the peer announced in its HELLO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's HELLO.
+    pub hello: Hello,
+    /// Whether payload trailers are on for this session.
+    pub payload_crc: bool,
+}
+
+/// Something the caller must know or act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// HELLO exchanged; `restarted` when it replaced an earlier peer (whose streams were reset).
+    Established { peer: PeerInfo, restarted: bool },
+    /// The peer opened a stream: accept or reject it.
+    Incoming {
+        id: StreamId,
+        service: String,
+        args: Vec<u8>,
+    },
+    /// The peer accepted a stream this side opened.
+    Accepted { id: StreamId, reply: Vec<u8> },
+    /// The peer refused a stream this side opened (the stream is gone).
+    Refused {
+        id: StreamId,
+        code: ErrorCode,
+        message: String,
+    },
+    /// Received data is waiting in [`Mux::recv`].
+    Readable { id: StreamId },
+    /// The peer raised the stream's credit: [`Mux::send_capacity`] grew.
+    Writable { id: StreamId },
+    /// The peer half-closed: after the data already received, nothing more will come.
+    PeerClosed { id: StreamId },
+    /// The stream ended abnormally (peer RESET, a violation, or the session ending).
+    Reset {
+        id: StreamId,
+        code: ErrorCode,
+        message: String,
+        by_peer: bool,
+    },
+    /// The stream ended normally: both sides closed and every byte was taken.
+    Closed { id: StreamId },
+    /// The peer asked for a graceful shutdown: no new stream.
+    GoAway { code: ErrorCode, message: String },
+    /// An answer to [`Mux::ping`].
+    Pong { rtt: Duration },
+    /// The session is over; flush [`Mux::poll_transmit`] and close the link.
+    Terminated(Termination),
+}
+
+/// Counters, for logs, `info` and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Verified frames received.
+    pub frames_in: u64,
+    /// Frames built.
+    pub frames_out: u64,
+    /// Link bytes received.
+    pub bytes_in: u64,
+    /// Link bytes handed to the caller to write.
+    pub bytes_out: u64,
+    /// Stream payload bytes received.
+    pub data_in: u64,
+    /// Stream payload bytes sent.
+    pub data_out: u64,
+    /// Times the decoder lost and re-found the frame boundary.
+    pub resyncs: u64,
+    /// Bytes dropped while resynchronising.
+    pub discarded_bytes: u64,
+    /// Headers that failed their CRC.
+    pub header_crc_errors: u64,
+    /// Payloads that failed their CRC.
+    pub payload_crc_errors: u64,
+    /// Frames ignored: before HELLO, or for a stream that already ended.
+    pub stale_frames: u64,
+    /// RESET frames sent.
+    pub resets_sent: u64,
+    /// RESET frames received.
+    pub resets_received: u64,
+    /// Streams opened by either side.
+    pub streams_opened: u64,
+    /// Incoming OPENs refused (limit, shutdown, bad request, or by the application).
+    pub opens_refused: u64,
+    /// PINGs sent (keepalive and on request).
+    pub pings_sent: u64,
+    /// Times a long gap between calls was taken for a pause rather than a dead peer.
+    pub pauses: u64,
+    /// Times the peer restarted (a HELLO with a new nonce).
+    pub peer_restarts: u64,
+}
+
+/// Bytes held in memory right now, for bounds checks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Buffered {
+    /// Received stream bytes waiting in [`Mux::recv`].
+    pub rx: usize,
+    /// Stream bytes accepted by [`Mux::send`] and not yet framed.
+    pub tx: usize,
+    /// Framed bytes waiting to be written.
+    pub output: usize,
+    /// Partial frame held by the decoder.
+    pub decoder: usize,
+    /// Credit granted to the peer and not yet consumed by the application (the receive bound).
+    pub granted: usize,
+}
+
+/// The session's phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for the peer's HELLO.
+    AwaitingHello,
+    /// Streams may be opened.
+    Established,
+    /// GOAWAY sent or received: existing streams finish, no new ones.
+    Draining,
+    /// Over.
+    Terminated,
+}
+
+/// Where a stream is in its opening handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// This side sent OPEN and waits for OPEN_OK / OPEN_ERR.
+    Sent,
+    /// The peer sent OPEN and the application has not decided.
+    Received,
+    /// Accepted: data may flow.
+    Done,
+}
+
+/// This side's sending half.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteHalf {
+    Open,
+    /// CLOSE is owed once the queued data is framed.
+    Closing,
+    /// CLOSE was framed.
+    Closed,
+}
+
+/// The peer's sending half, as seen here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadHalf {
+    Open,
+    /// The peer's CLOSE arrived.
+    Closed,
+}
+
+#[derive(Debug)]
+struct Stream {
+    opening: Opening,
+    write: WriteHalf,
+    read: ReadHalf,
+    /// Queued outgoing bytes: chunks, the first one partly sent from `tx_head`.
+    tx: VecDeque<Vec<u8>>,
+    tx_head: usize,
+    tx_len: usize,
+    /// Bytes framed so far, and the peer's limit.
+    tx_sent: Wrapping<u32>,
+    tx_limit: Wrapping<u32>,
+    /// Received bytes not yet taken by the application.
+    rx: VecDeque<Vec<u8>>,
+    rx_len: usize,
+    rx_received: Wrapping<u32>,
+    rx_consumed: Wrapping<u32>,
+    rx_limit: Wrapping<u32>,
+    /// A CREDIT for this stream is queued.
+    credit_queued: bool,
+    /// The stream is in the data round-robin ring.
+    in_ring: bool,
+    /// A Readable event is outstanding (cleared when `recv` finds the queue empty).
+    readable_signalled: bool,
+}
+
+impl Stream {
+    fn new(opening: Opening) -> Stream {
+        Stream {
+            opening,
+            write: WriteHalf::Open,
+            read: ReadHalf::Open,
+            tx: VecDeque::new(),
+            tx_head: 0,
+            tx_len: 0,
+            tx_sent: Wrapping(0),
+            tx_limit: Wrapping(0),
+            rx: VecDeque::new(),
+            rx_len: 0,
+            rx_received: Wrapping(0),
+            rx_consumed: Wrapping(0),
+            rx_limit: Wrapping(0),
+            credit_queued: false,
+            in_ring: false,
+            readable_signalled: false,
+        }
+    }
+
+    /// Credit the peer granted that is not used yet.
+    fn peer_avail_credit(&self) -> usize {
+        (self.tx_limit - self.tx_sent).0 as usize
+    }
+
+    /// Bytes `send` may still queue: the peer's credit minus what is already queued.
+    fn send_capacity(&self) -> usize {
+        self.peer_avail_credit().saturating_sub(self.tx_len)
+    }
+
+    /// Credit granted to the peer and not yet consumed here.
+    fn granted_unconsumed(&self) -> usize {
+        (self.rx_limit - self.rx_consumed).0 as usize
+    }
+
+    /// Bytes the peer may still send before it exceeds its credit.
+    fn rx_room(&self) -> usize {
+        (self.rx_limit - self.rx_received).0 as usize
+    }
+
+    /// Whether the scheduler has something to frame for this stream.
+    fn wants_turn(&self) -> bool {
+        self.opening == Opening::Done
+            && ((self.tx_len > 0 && self.peer_avail_credit() > 0)
+                || (self.write == WriteHalf::Closing && self.tx_len == 0))
+    }
+
+    fn is_finished(&self) -> bool {
+        self.opening == Opening::Done
+            && self.write == WriteHalf::Closed
+            && self.read == ReadHalf::Closed
+            && self.rx_len == 0
+    }
+}
+
+/// Control frames waiting to be built, in order.
+#[derive(Debug)]
+enum Control {
+    Hello {
+        reply: bool,
+    },
+    Open {
+        id: StreamId,
+        service: String,
+        args: Vec<u8>,
+    },
+    OpenOk {
+        id: StreamId,
+        reply: Vec<u8>,
+    },
+    OpenErr {
+        id: StreamId,
+        code: ErrorCode,
+        message: String,
+    },
+    Credit {
+        id: StreamId,
+    },
+    Reset {
+        id: StreamId,
+        code: ErrorCode,
+        message: String,
+    },
+    Ping {
+        opaque: u64,
+    },
+    GoAway {
+        code: ErrorCode,
+        message: String,
+        drained: bool,
+    },
+}
+
+/// Keepalive and ping bookkeeping.
+#[derive(Debug)]
+struct Liveness {
+    /// When a frame last arrived (or the session started).
+    last_rx: Instant,
+    /// The latest `now` seen, to tell a frozen process from a silent peer.
+    last_tick: Instant,
+    /// The keepalive probe in flight: (opaque, sent at).
+    probe: Option<(u64, Instant)>,
+    /// Pings requested by the application: (opaque, sent at).
+    user_pings: VecDeque<(u64, Instant)>,
+    next_opaque: u64,
+    /// The latest PING to answer (only the newest is answered: a flood costs one PONG).
+    pong_owed: Option<u64>,
+    /// When HELLO was last queued.
+    hello_sent: Instant,
+}
+
+/// Shutdown bookkeeping while draining.
+#[derive(Debug, Clone, Copy, Default)]
+struct Drain {
+    goaway_sent: bool,
+    drained_sent: bool,
+    drained_received: bool,
+}
+
+/// The sans-I/O session state machine.
+#[derive(Debug)]
+pub struct Mux {
+    config: Config,
+    phase: Phase,
+    decoder: Decoder,
+    peer: Option<PeerInfo>,
+    streams: HashMap<StreamId, Stream>,
+    next_local_id: u32,
+    /// The highest id the peer has opened; lower peer ids not in `streams` are ended.
+    peer_highest_id: u32,
+    local_open_count: u32,
+    peer_open_count: u32,
+    control: VecDeque<Control>,
+    ring: VecDeque<StreamId>,
+    /// Streams that wanted more credit than the budget allowed.
+    starved: VecDeque<StreamId>,
+    granted_total: usize,
+    out: Vec<u8>,
+    out_pos: usize,
+    events: VecDeque<Event>,
+    live: Liveness,
+    drain: Drain,
+    counters: Counters,
+    termination: Option<Termination>,
+}
+
+impl Mux {
+    /// A session at link start: HELLO is queued at once.
+    pub fn new(config: Config, now: Instant) -> Mux {
+        let max_frame = config.max_frame.clamp(MIN_FRAME_LIMIT, MAX_FRAME_LIMIT);
+        let mut decoder = Decoder::new(max_frame);
+        decoder.set_payload_crc(config.payload_crc);
+        let config = Config {
+            max_frame,
+            chunk: config.chunk.clamp(1, max_frame as usize),
+            ..config
+        };
+        let mut mux = Mux {
+            next_local_id: config.role.first_stream_id(),
+            config,
+            phase: Phase::AwaitingHello,
+            decoder,
+            peer: None,
+            streams: HashMap::new(),
+            peer_highest_id: 0,
+            local_open_count: 0,
+            peer_open_count: 0,
+            control: VecDeque::new(),
+            ring: VecDeque::new(),
+            starved: VecDeque::new(),
+            granted_total: 0,
+            out: Vec::new(),
+            out_pos: 0,
+            events: VecDeque::new(),
+            live: Liveness {
+                last_rx: now,
+                last_tick: now,
+                probe: None,
+                user_pings: VecDeque::new(),
+                next_opaque: 1,
+                pong_owed: None,
+                hello_sent: now,
+            },
+            drain: Drain::default(),
+            counters: Counters::default(),
+            termination: None,
+        };
+        mux.control.push_back(Control::Hello { reply: false });
+        mux
+    }
+
+    // ----- observation -----
+
+    /// The session's phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// What the peer announced, once its HELLO arrived.
+    pub fn peer(&self) -> Option<&PeerInfo> {
+        self.peer.as_ref()
+    }
+
+    /// This side's settings (after clamping).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Why the session ended, once it has.
+    pub fn termination(&self) -> Option<&Termination> {
+        self.termination.as_ref()
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> Counters {
+        let d = self.decoder.stats();
+        Counters {
+            resyncs: d.resyncs,
+            discarded_bytes: d.discarded_bytes,
+            header_crc_errors: d.header_crc_errors,
+            payload_crc_errors: d.payload_crc_errors,
+            ..self.counters
+        }
+    }
+
+    /// Bytes held in memory right now.
+    pub fn buffered(&self) -> Buffered {
+        let (rx, tx) = self
+            .streams
+            .values()
+            .fold((0, 0), |(rx, tx), s| (rx + s.rx_len, tx + s.tx_len));
+        Buffered {
+            rx,
+            tx,
+            output: self.out.len() - self.out_pos,
+            decoder: self.decoder.buffered(),
+            granted: self.granted_total,
+        }
+    }
+
+    /// Streams not yet ended.
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Whether `id` names a stream that has not ended.
+    pub fn has_stream(&self, id: StreamId) -> bool {
+        self.streams.contains_key(&id)
+    }
+
+    /// The next deadline at which [`Mux::handle_timeout`] must be called, if any.
+    pub fn poll_at(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Terminated => None,
+            Phase::AwaitingHello => Some(self.live.hello_sent + self.config.hello_retry),
+            Phase::Established | Phase::Draining => {
+                let interval = self.config.keepalive_interval?;
+                Some(match self.live.probe {
+                    Some((_, sent)) => sent + self.config.keepalive_timeout,
+                    None => self.live.last_rx + interval,
+                })
+            }
+        }
+    }
+
+    /// The next event, if any. Drain after every call that feeds the mux.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    // ----- driving -----
+
+    /// Feeds bytes received from the link.
+    pub fn handle_input(&mut self, now: Instant, mut bytes: &[u8]) {
+        self.tick(now);
+        if self.phase == Phase::Terminated {
+            return;
+        }
+        self.counters.bytes_in += bytes.len() as u64;
+        while let Some(result) = self.decoder.decode(&mut bytes) {
+            match result {
+                Ok(frame) => {
+                    self.counters.frames_in += 1;
+                    self.live.last_rx = now;
+                    self.live.probe = None;
+                    self.handle_frame(now, frame);
+                }
+                Err(DecodeError::Version { peer }) => {
+                    let e = DecodeError::Version { peer };
+                    self.fail(ErrorCode::VERSION, e.to_string());
+                }
+                Err(e @ DecodeError::FrameTooLarge { .. }) => {
+                    self.fail(ErrorCode::FRAME_TOO_LARGE, e.to_string())
+                }
+            }
+            if self.phase == Phase::Terminated {
+                return;
+            }
+        }
+    }
+
+    /// Runs the timers: HELLO retry, keepalive probe and timeout.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.tick(now);
+        match self.phase {
+            Phase::Terminated => {}
+            Phase::AwaitingHello => {
+                let nothing_waiting = self.out_pos == self.out.len() && self.control.is_empty();
+                if now >= self.live.hello_sent + self.config.hello_retry && nothing_waiting {
+                    self.live.hello_sent = now;
+                    self.control.push_back(Control::Hello { reply: false });
+                }
+            }
+            Phase::Established | Phase::Draining => {
+                let Some(interval) = self.config.keepalive_interval else {
+                    return;
+                };
+                match self.live.probe {
+                    Some((_, sent)) if now >= sent + self.config.keepalive_timeout => {
+                        let secs = self.config.keepalive_timeout.as_secs_f64();
+                        self.fail(
+                            ErrorCode::TIMEOUT,
+                            format!("no frame from the peer for {secs:.1} s after a PING"),
+                        );
+                    }
+                    Some(_) => {}
+                    None if now >= self.live.last_rx + interval => {
+                        let opaque = self.next_opaque();
+                        self.live.probe = Some((opaque, now));
+                        self.control.push_back(Control::Ping { opaque });
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// Notes `now`; a jump longer than the keepalive timeout is a pause of this process, not
+    /// silence of the peer, so liveness restarts from here.
+    fn tick(&mut self, now: Instant) {
+        if now.saturating_since(self.live.last_tick) > self.config.keepalive_timeout {
+            self.counters.pauses += 1;
+            self.live.last_rx = now;
+            self.live.probe = None;
+        }
+        self.live.last_tick = self.live.last_tick.max(now);
+    }
+
+    /// Bytes to write to the link now (possibly empty). Builds frames up to the high-water mark:
+    /// control frames first, then DATA, streams taking turns.
+    pub fn poll_transmit(&mut self) -> &[u8] {
+        self.fill_output();
+        &self.out[self.out_pos..]
+    }
+
+    /// Reports that the first `n` bytes returned by [`Mux::poll_transmit`] were written.
+    pub fn advance_output(&mut self, n: usize) {
+        self.out_pos = (self.out_pos + n).min(self.out.len());
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        } else if self.out_pos > self.config.output_high_water {
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+    }
+
+    /// Whether output is waiting or could be built now.
+    pub fn wants_to_write(&self) -> bool {
+        self.out_pos < self.out.len()
+            || (!self.control.is_empty() && self.phase != Phase::AwaitingHello)
+            || self
+                .control
+                .iter()
+                .any(|c| matches!(c, Control::Hello { .. }))
+            || self.live.pong_owed.is_some()
+            || self
+                .ring
+                .iter()
+                .any(|id| self.streams.get(id).is_some_and(Stream::wants_turn))
+    }
+
+    /// The link is gone: every stream fails with LINK_LOST and the session ends.
+    pub fn link_lost(&mut self, why: &str) {
+        if self.phase == Phase::Terminated {
+            return;
+        }
+        self.terminate(Termination {
+            code: ErrorCode::LINK_LOST,
+            message: why.to_string(),
+            by_peer: false,
+        });
+    }
+
+    // ----- streams -----
+
+    /// Opens a stream to `service`. Allowed before HELLO completes (the OPEN waits for it).
+    pub fn open(&mut self, service: &str, args: &[u8]) -> Result<StreamId, MuxError> {
+        match self.phase {
+            Phase::Terminated => return Err(MuxError::Terminated),
+            Phase::Draining => return Err(MuxError::GoingAway),
+            Phase::AwaitingHello | Phase::Established => {}
+        }
+        if !wire::is_valid_service_name(service) {
+            return Err(MuxError::BadServiceName(service.to_string()));
+        }
+        let len = 5 + service.len() + args.len();
+        let max = self.peer_max_frame();
+        if len > max {
+            return Err(MuxError::TooLarge { len, max });
+        }
+        let peer_max_streams = self
+            .peer
+            .map_or(self.config.max_streams, |p| p.hello.max_streams);
+        if self.local_open_count >= peer_max_streams {
+            return Err(MuxError::StreamLimit {
+                max: peer_max_streams,
+            });
+        }
+        let id = self.next_local_id;
+        self.next_local_id = id.checked_add(2).ok_or(MuxError::StreamLimit {
+            max: peer_max_streams,
+        })?;
+        let mut stream = Stream::new(Opening::Sent);
+        let grant = self.take_budget(self.config.stream_window as usize);
+        stream.rx_limit = Wrapping(grant as u32);
+        self.streams.insert(id, stream);
+        if grant < self.config.stream_window as usize {
+            self.starved.push_back(id);
+        }
+        self.local_open_count += 1;
+        self.counters.streams_opened += 1;
+        self.control.push_back(Control::Open {
+            id,
+            service: service.to_string(),
+            args: args.to_vec(),
+        });
+        Ok(id)
+    }
+
+    /// Accepts an incoming stream, with optional reply bytes for the opener.
+    pub fn accept(&mut self, id: StreamId, reply: &[u8]) -> Result<(), MuxError> {
+        let max = self.peer_max_frame();
+        if 4 + reply.len() > max {
+            return Err(MuxError::TooLarge {
+                len: 4 + reply.len(),
+                max,
+            });
+        }
+        let window = self.config.stream_window as usize;
+        let stream = self
+            .streams
+            .get_mut(&id)
+            .ok_or(MuxError::UnknownStream(id))?;
+        if stream.opening != Opening::Received {
+            return Err(MuxError::WrongState(id));
+        }
+        stream.opening = Opening::Done;
+        let grant = self.take_budget(window);
+        if let Some(stream) = self.streams.get_mut(&id) {
+            stream.rx_limit = Wrapping(grant as u32);
+        }
+        if grant < window {
+            self.starved.push_back(id);
+        }
+        self.control.push_back(Control::OpenOk {
+            id,
+            reply: reply.to_vec(),
+        });
+        self.schedule(id);
+        Ok(())
+    }
+
+    /// Refuses an incoming stream with a code and message.
+    pub fn reject(&mut self, id: StreamId, code: ErrorCode, message: &str) -> Result<(), MuxError> {
+        let stream = self.streams.get(&id).ok_or(MuxError::UnknownStream(id))?;
+        if stream.opening != Opening::Received {
+            return Err(MuxError::WrongState(id));
+        }
+        self.remove_stream(id);
+        self.counters.opens_refused += 1;
+        self.control.push_back(Control::OpenErr {
+            id,
+            code,
+            message: message.to_string(),
+        });
+        Ok(())
+    }
+
+    /// Bytes [`Mux::send`] will take now on `id` (0 for an unknown or not-yet-open stream).
+    pub fn send_capacity(&self, id: StreamId) -> usize {
+        match self.streams.get(&id) {
+            Some(s) if s.write == WriteHalf::Open && s.opening == Opening::Done => {
+                s.send_capacity()
+            }
+            _ => 0,
+        }
+    }
+
+    /// Queues up to [`Mux::send_capacity`] bytes of `data` on `id`; returns how many it took.
+    pub fn send(&mut self, id: StreamId, data: &[u8]) -> Result<usize, MuxError> {
+        let n = self.send_capacity_checked(id)?.min(data.len());
+        if n > 0 {
+            self.queue_tx(id, data[..n].to_vec());
+        }
+        Ok(n)
+    }
+
+    /// Queues an owned buffer without copying it; it must fit in [`Mux::send_capacity`],
+    /// otherwise it is handed back untouched.
+    pub fn send_owned(&mut self, id: StreamId, data: Vec<u8>) -> Result<(), SendError> {
+        match self.send_capacity_checked(id) {
+            Err(e) => Err(SendError {
+                error: Some(e),
+                data,
+            }),
+            Ok(cap) if cap < data.len() => Err(SendError { error: None, data }),
+            Ok(_) => {
+                if !data.is_empty() {
+                    self.queue_tx(id, data);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn send_capacity_checked(&self, id: StreamId) -> Result<usize, MuxError> {
+        let stream = self.streams.get(&id).ok_or(MuxError::UnknownStream(id))?;
+        if stream.write != WriteHalf::Open {
+            return Err(MuxError::WriteClosed(id));
+        }
+        Ok(if stream.opening == Opening::Done {
+            stream.send_capacity()
+        } else {
+            0
+        })
+    }
+
+    fn queue_tx(&mut self, id: StreamId, data: Vec<u8>) {
+        if let Some(stream) = self.streams.get_mut(&id) {
+            stream.tx_len += data.len();
+            stream.tx.push_back(data);
+        }
+        self.schedule(id);
+    }
+
+    /// Takes the next received chunk of `id`, in order. Taking does not grant credit: call
+    /// [`Mux::release`] when the application has consumed the bytes.
+    pub fn recv(&mut self, id: StreamId) -> Option<Vec<u8>> {
+        let stream = self.streams.get_mut(&id)?;
+        match stream.rx.pop_front() {
+            Some(chunk) => {
+                stream.rx_len -= chunk.len();
+                if stream.rx_len == 0 {
+                    self.maybe_finish(id);
+                }
+                Some(chunk)
+            }
+            None => {
+                stream.readable_signalled = false;
+                None
+            }
+        }
+    }
+
+    /// Whether `id` has received bytes waiting in [`Mux::recv`].
+    pub fn has_rx(&self, id: StreamId) -> bool {
+        self.streams.get(&id).is_some_and(|s| s.rx_len > 0)
+    }
+
+    /// Reports that the application consumed `n` received bytes of `id`: raises the peer's
+    /// credit when enough has been consumed and the buffer budget allows.
+    pub fn release(&mut self, id: StreamId, n: usize) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let n = n.min(stream.granted_unconsumed());
+        stream.rx_consumed += Wrapping(n as u32);
+        self.granted_total -= n;
+        self.grant_credit(id);
+        // Consumption freed budget: give it to streams that went without.
+        for _ in 0..self.starved.len() {
+            let Some(other) = self.starved.pop_front() else {
+                break;
+            };
+            if other != id {
+                self.grant_credit(other);
+            }
+        }
+    }
+
+    /// Half-closes `id`: CLOSE follows the data already queued.
+    pub fn close(&mut self, id: StreamId) -> Result<(), MuxError> {
+        let stream = self
+            .streams
+            .get_mut(&id)
+            .ok_or(MuxError::UnknownStream(id))?;
+        if stream.opening == Opening::Received {
+            return Err(MuxError::WrongState(id));
+        }
+        if stream.write == WriteHalf::Open {
+            stream.write = WriteHalf::Closing;
+            self.schedule(id);
+        }
+        Ok(())
+    }
+
+    /// Aborts `id` in both directions with `code`; queued data is dropped.
+    pub fn reset(&mut self, id: StreamId, code: ErrorCode, message: &str) -> Result<(), MuxError> {
+        if !self.streams.contains_key(&id) {
+            return Err(MuxError::UnknownStream(id));
+        }
+        self.remove_stream(id);
+        self.counters.resets_sent += 1;
+        self.control.push_back(Control::Reset {
+            id,
+            code,
+            message: message.to_string(),
+        });
+        Ok(())
+    }
+
+    /// Starts a graceful shutdown (code NORMAL), or ends the session at once with an error code.
+    pub fn goaway(&mut self, code: ErrorCode, message: &str) {
+        if self.phase == Phase::Terminated {
+            return;
+        }
+        if code != ErrorCode::NORMAL {
+            self.fail(code, message.to_string());
+            return;
+        }
+        if !self.drain.goaway_sent {
+            self.drain.goaway_sent = true;
+            self.control.push_back(Control::GoAway {
+                code,
+                message: message.to_string(),
+                drained: false,
+            });
+        }
+        self.phase = Phase::Draining;
+        self.check_drained();
+    }
+
+    /// Sends a PING now; its PONG comes back as [`Event::Pong`] with the round-trip time.
+    pub fn ping(&mut self, now: Instant) -> Result<(), MuxError> {
+        if self.phase == Phase::Terminated {
+            return Err(MuxError::Terminated);
+        }
+        let opaque = self.next_opaque();
+        if self.live.user_pings.len() >= 64 {
+            self.live.user_pings.pop_front();
+        }
+        self.live.user_pings.push_back((opaque, now));
+        self.control.push_back(Control::Ping { opaque });
+        Ok(())
+    }
+
+    // ----- internals: input -----
+
+    fn handle_frame(&mut self, now: Instant, frame: RawFrame) {
+        let len = frame.payload.len() as u32;
+        let header = match wire::Header::validate(frame.kind, frame.flags, frame.stream, len) {
+            Ok(h) => h,
+            Err(e) => return self.fail(ErrorCode::PROTOCOL, e.to_string()),
+        };
+        if self.phase == Phase::AwaitingHello && header.kind != Kind::Hello {
+            // Bytes from an earlier link (virtio-serial keeps them): not ours.
+            self.counters.stale_frames += 1;
+            return;
+        }
+        let id = header.stream;
+        let p = &frame.payload[..];
+        match header.kind {
+            // Link start or restart; answer a HELLO that is not itself an answer.
+            Kind::Hello => self.on_hello(header.flags, p),
+            // Keepalive or user probe: owe a PONG (the newest only).
+            Kind::Ping => match PingBody::parse(Kind::Ping, p) {
+                Ok(b) => self.live.pong_owed = Some(b.opaque),
+                Err(e) => self.fail(ErrorCode::PROTOCOL, e.to_string()),
+            },
+            // Answer to a probe: liveness was already noted; report user pings.
+            Kind::Pong => match PingBody::parse(Kind::Pong, p) {
+                Ok(b) => self.on_pong(now, b.opaque),
+                Err(e) => self.fail(ErrorCode::PROTOCOL, e.to_string()),
+            },
+            Kind::GoAway => match ErrorBody::parse(Kind::GoAway, p) {
+                Ok(b) => {
+                    let (code, message) = (b.code, b.message.to_string());
+                    self.on_goaway(code, message, header.flags.contains(Flags::DRAINED));
+                }
+                Err(e) => self.fail(ErrorCode::PROTOCOL, e.to_string()),
+            },
+            // A new stream from the peer.
+            Kind::Open => self.on_open(id, p),
+            // Everything else names an existing stream.
+            _ => {
+                if !self.streams.contains_key(&id) {
+                    return self.on_unknown_stream(header.kind, id);
+                }
+                match header.kind {
+                    Kind::OpenOk => self.on_open_ok(id, p),
+                    Kind::OpenErr => self.on_open_err(id, p),
+                    Kind::Data => self.on_data(id, frame.payload),
+                    Kind::Credit => self.on_credit(id, p),
+                    Kind::Close => self.on_close(id, p),
+                    Kind::Reset => self.on_reset(id, p),
+                    Kind::Hello | Kind::Ping | Kind::Pong | Kind::GoAway | Kind::Open => {}
+                }
+            }
+        }
+    }
+
+    fn on_hello(&mut self, flags: Flags, p: &[u8]) {
+        let hello = match Hello::parse(p) {
+            Ok(h) => h,
+            Err(e) => return self.fail(ErrorCode::PROTOCOL, e.to_string()),
+        };
+        if hello.version != u16::from(wire::VERSION) {
+            let msg = format!(
+                "peer speaks vmux protocol version {}, this side speaks version {}",
+                hello.version,
+                wire::VERSION
+            );
+            return self.fail(ErrorCode::VERSION, msg);
+        }
+        if hello.role == self.config.role {
+            let msg = format!("both sides claim the {:?} role", hello.role);
+            return self.fail(ErrorCode::ROLE_CONFLICT, msg);
+        }
+        let restarted = match self.peer {
+            Some(known) if known.hello.nonce == hello.nonce => {
+                // A duplicate (our retry crossed its answer): answer only if asked.
+                if !flags.contains(Flags::REPLY) {
+                    self.control.push_back(Control::Hello { reply: true });
+                }
+                return;
+            }
+            Some(_) => {
+                self.counters.peer_restarts += 1;
+                let ids: Vec<StreamId> = self.streams.keys().copied().collect();
+                for id in ids {
+                    self.fail_stream(id, ErrorCode::LINK_LOST, "the peer restarted");
+                }
+                self.peer_highest_id = 0;
+                true
+            }
+            None => false,
+        };
+        let payload_crc = self.config.payload_crc || hello.features.contains(Features::PAYLOAD_CRC);
+        self.decoder.set_payload_crc(payload_crc);
+        let peer = PeerInfo { hello, payload_crc };
+        self.peer = Some(peer);
+        if self.phase == Phase::AwaitingHello {
+            self.phase = Phase::Established;
+        }
+        if !flags.contains(Flags::REPLY) {
+            self.control.push_back(Control::Hello { reply: true });
+        }
+        self.events
+            .push_back(Event::Established { peer, restarted });
+    }
+
+    fn on_pong(&mut self, now: Instant, opaque: u64) {
+        if let Some(pos) = self.live.user_pings.iter().position(|(o, _)| *o == opaque) {
+            let (_, sent) = self.live.user_pings.remove(pos).unwrap_or((0, now));
+            self.live.user_pings.drain(..pos);
+            self.events.push_back(Event::Pong {
+                rtt: now.saturating_since(sent),
+            });
+        }
+    }
+
+    fn on_goaway(&mut self, code: ErrorCode, message: String, drained: bool) {
+        if code != ErrorCode::NORMAL {
+            return self.terminate(Termination {
+                code,
+                message,
+                by_peer: true,
+            });
+        }
+        if self.phase != Phase::Draining {
+            self.phase = Phase::Draining;
+            self.events.push_back(Event::GoAway { code, message });
+        }
+        if drained {
+            self.drain.drained_received = true;
+        }
+        self.check_drained();
+    }
+
+    fn on_open(&mut self, id: StreamId, p: &[u8]) {
+        if self.config.role.owns(id) || id <= self.peer_highest_id {
+            return self.fail(
+                ErrorCode::PROTOCOL,
+                format!("OPEN with stream id {id}, which the peer may not open now"),
+            );
+        }
+        self.peer_highest_id = id;
+        let refuse = |mux: &mut Mux, code: ErrorCode, message: String| {
+            mux.counters.opens_refused += 1;
+            mux.control
+                .push_back(Control::OpenErr { id, code, message });
+            mux.check_control_backlog();
+        };
+        if self.phase == Phase::Draining {
+            return refuse(
+                self,
+                ErrorCode::GOING_AWAY,
+                "session is shutting down".into(),
+            );
+        }
+        if self.peer_open_count >= self.config.max_streams {
+            let max = self.config.max_streams;
+            return refuse(
+                self,
+                ErrorCode::STREAM_LIMIT,
+                format!("at most {max} concurrent streams"),
+            );
+        }
+        let open = match Open::parse(p) {
+            Ok(o) => o,
+            Err(e) => return refuse(self, ErrorCode::PROTOCOL, e.to_string()),
+        };
+        let mut stream = Stream::new(Opening::Received);
+        stream.tx_limit = Wrapping(open.initial_credit);
+        let (service, args) = (open.service.to_string(), open.args.to_vec());
+        self.streams.insert(id, stream);
+        self.peer_open_count += 1;
+        self.counters.streams_opened += 1;
+        self.events.push_back(Event::Incoming { id, service, args });
+    }
+
+    fn on_unknown_stream(&mut self, kind: Kind, id: StreamId) {
+        let used = if self.config.role.owns(id) {
+            id < self.next_local_id
+        } else {
+            id <= self.peer_highest_id
+        };
+        if used {
+            // The stream ended here while the peer was still sending: harmless, drop it.
+            self.counters.stale_frames += 1;
+        } else {
+            self.fail(
+                ErrorCode::PROTOCOL,
+                format!("{kind} on stream {id}, which was never opened"),
+            );
+        }
+    }
+
+    fn on_open_ok(&mut self, id: StreamId, p: &[u8]) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if stream.opening != Opening::Sent {
+            return self.fail_stream_protocol(id, "OPEN_OK on a stream that is not opening");
+        }
+        let ok = match OpenOk::parse(p) {
+            Ok(ok) => ok,
+            Err(e) => return self.fail_stream_protocol(id, &e.to_string()),
+        };
+        stream.opening = Opening::Done;
+        stream.tx_limit = Wrapping(ok.initial_credit);
+        let reply = ok.reply.to_vec();
+        self.events.push_back(Event::Accepted { id, reply });
+        self.schedule(id);
+        // Data or a CLOSE may have arrived before the application asked for anything.
+        self.maybe_finish(id);
+    }
+
+    fn on_open_err(&mut self, id: StreamId, p: &[u8]) {
+        let Some(stream) = self.streams.get(&id) else {
+            return;
+        };
+        if stream.opening != Opening::Sent {
+            return self.fail_stream_protocol(id, "OPEN_ERR on a stream that is not opening");
+        }
+        let (code, message) = match ErrorBody::parse(Kind::OpenErr, p) {
+            Ok(b) => (b.code, b.message.to_string()),
+            Err(e) => (ErrorCode::PROTOCOL, e.to_string()),
+        };
+        self.remove_stream(id);
+        self.events.push_back(Event::Refused { id, code, message });
+        self.check_drained();
+    }
+
+    fn on_data(&mut self, id: StreamId, payload: Vec<u8>) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if payload.is_empty() {
+            return;
+        }
+        if stream.read == ReadHalf::Closed {
+            return self.fail_stream_protocol(id, "DATA after CLOSE");
+        }
+        if payload.len() > stream.rx_room() {
+            let msg = format!(
+                "{} bytes of DATA with {} bytes of credit",
+                payload.len(),
+                stream.rx_room()
+            );
+            self.counters.resets_sent += 1;
+            self.remove_stream(id);
+            self.control.push_back(Control::Reset {
+                id,
+                code: ErrorCode::FLOW_CONTROL,
+                message: msg.clone(),
+            });
+            self.events.push_back(Event::Reset {
+                id,
+                code: ErrorCode::FLOW_CONTROL,
+                message: msg,
+                by_peer: false,
+            });
+            return self.check_control_backlog();
+        }
+        stream.rx_received += Wrapping(payload.len() as u32);
+        stream.rx_len += payload.len();
+        self.counters.data_in += payload.len() as u64;
+        stream.rx.push_back(payload);
+        if !stream.readable_signalled {
+            stream.readable_signalled = true;
+            self.events.push_back(Event::Readable { id });
+        }
+    }
+
+    fn on_credit(&mut self, id: StreamId, p: &[u8]) {
+        let credit = match Credit::parse(p) {
+            Ok(c) => c,
+            Err(e) => return self.fail_stream_protocol(id, &e.to_string()),
+        };
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let new_limit = Wrapping(credit.limit);
+        // A limit behind the current one (mod 2^32, within half the space) is stale: ignore it.
+        let raise = (new_limit - stream.tx_limit).0;
+        if raise == 0 || raise > u32::MAX / 2 {
+            return;
+        }
+        if (new_limit - stream.tx_sent).0 > u32::MAX / 2 {
+            return self.fail_stream_protocol(id, "CREDIT limit behind the bytes already sent");
+        }
+        let was_blocked = stream.send_capacity() == 0;
+        stream.tx_limit = new_limit;
+        let writable =
+            stream.write == WriteHalf::Open && stream.opening == Opening::Done && was_blocked;
+        self.schedule(id);
+        if writable {
+            self.events.push_back(Event::Writable { id });
+        }
+    }
+
+    fn on_close(&mut self, id: StreamId, p: &[u8]) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if !p.is_empty() {
+            return self.fail_stream_protocol(id, "CLOSE with a payload");
+        }
+        if stream.opening == Opening::Sent {
+            return self.fail_stream_protocol(id, "CLOSE before OPEN_OK");
+        }
+        if stream.read == ReadHalf::Closed {
+            self.counters.stale_frames += 1;
+            return;
+        }
+        stream.read = ReadHalf::Closed;
+        self.events.push_back(Event::PeerClosed { id });
+        self.maybe_finish(id);
+    }
+
+    fn on_reset(&mut self, id: StreamId, p: &[u8]) {
+        let (code, message) = match ErrorBody::parse(Kind::Reset, p) {
+            Ok(b) => (b.code, b.message.to_string()),
+            Err(e) => (ErrorCode::PROTOCOL, e.to_string()),
+        };
+        self.counters.resets_received += 1;
+        self.remove_stream(id);
+        self.events.push_back(Event::Reset {
+            id,
+            code,
+            message,
+            by_peer: true,
+        });
+        self.check_drained();
+    }
+
+    // ----- internals: streams -----
+
+    fn fail_stream_protocol(&mut self, id: StreamId, message: &str) {
+        self.counters.resets_sent += 1;
+        self.remove_stream(id);
+        self.control.push_back(Control::Reset {
+            id,
+            code: ErrorCode::PROTOCOL,
+            message: message.to_string(),
+        });
+        self.events.push_back(Event::Reset {
+            id,
+            code: ErrorCode::PROTOCOL,
+            message: message.to_string(),
+            by_peer: false,
+        });
+        self.check_control_backlog();
+        self.check_drained();
+    }
+
+    /// Ends a stream locally without telling the peer (the peer is gone or restarted).
+    fn fail_stream(&mut self, id: StreamId, code: ErrorCode, message: &str) {
+        if self.streams.contains_key(&id) {
+            self.remove_stream(id);
+            self.events.push_back(Event::Reset {
+                id,
+                code,
+                message: message.to_string(),
+                by_peer: false,
+            });
+        }
+    }
+
+    fn remove_stream(&mut self, id: StreamId) {
+        if let Some(stream) = self.streams.remove(&id) {
+            self.granted_total -= stream.granted_unconsumed().min(self.granted_total);
+            if self.config.role.owns(id) {
+                self.local_open_count -= 1;
+            } else {
+                self.peer_open_count -= 1;
+            }
+        }
+    }
+
+    fn maybe_finish(&mut self, id: StreamId) {
+        if self.streams.get(&id).is_some_and(Stream::is_finished) {
+            self.remove_stream(id);
+            self.events.push_back(Event::Closed { id });
+            self.check_drained();
+        }
+    }
+
+    /// Puts `id` in the data ring if it has something to frame.
+    fn schedule(&mut self, id: StreamId) {
+        if let Some(stream) = self.streams.get_mut(&id) {
+            if !stream.in_ring && stream.wants_turn() {
+                stream.in_ring = true;
+                self.ring.push_back(id);
+            }
+        }
+    }
+
+    /// Takes up to `want` bytes from the receive budget.
+    fn take_budget(&mut self, want: usize) -> usize {
+        let grant = want.min(self.config.max_buffered.saturating_sub(self.granted_total));
+        self.granted_total += grant;
+        grant
+    }
+
+    /// Raises `id`'s limit towards `consumed + window` once a quarter window was consumed.
+    fn grant_credit(&mut self, id: StreamId) {
+        let window = self.config.stream_window as usize;
+        let Some(stream) = self.streams.get(&id) else {
+            return;
+        };
+        if stream.read == ReadHalf::Closed || stream.opening == Opening::Received {
+            return;
+        }
+        let outstanding = stream.granted_unconsumed();
+        let want = window.saturating_sub(outstanding);
+        if want < window / 4 {
+            return;
+        }
+        let grant = self.take_budget(want);
+        if grant < want && !self.starved.contains(&id) {
+            self.starved.push_back(id);
+        }
+        if grant == 0 {
+            return;
+        }
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        stream.rx_limit += Wrapping(grant as u32);
+        if !stream.credit_queued {
+            stream.credit_queued = true;
+            self.control.push_back(Control::Credit { id });
+        }
+    }
+
+    // ----- internals: session -----
+
+    fn peer_max_frame(&self) -> usize {
+        self.peer.map_or(MIN_FRAME_LIMIT, |p| p.hello.max_frame) as usize
+    }
+
+    fn next_opaque(&mut self) -> u64 {
+        let o = self.live.next_opaque;
+        self.live.next_opaque = o.wrapping_add(1);
+        o
+    }
+
+    fn check_control_backlog(&mut self) {
+        if self.control.len() > self.config.max_pending_control {
+            let n = self.control.len();
+            self.fail(
+                ErrorCode::OVERLOAD,
+                format!("peer is not reading: {n} control frames backed up"),
+            );
+        }
+    }
+
+    /// Sends DRAINED once nothing is left, and ends the session once DRAINED crossed.
+    fn check_drained(&mut self) {
+        if self.phase != Phase::Draining {
+            return;
+        }
+        if !self.drain.drained_sent && self.streams.is_empty() {
+            self.drain.drained_sent = true;
+            self.control.push_back(Control::GoAway {
+                code: ErrorCode::NORMAL,
+                message: String::new(),
+                drained: true,
+            });
+        }
+        if self.drain.drained_sent && self.drain.drained_received {
+            // Our DRAINED (and anything before it) must still reach the peer.
+            self.emit_control_now();
+            let by_peer = !self.drain.goaway_sent;
+            self.terminate(Termination {
+                code: ErrorCode::NORMAL,
+                message: String::new(),
+                by_peer,
+            });
+        }
+    }
+
+    /// Ends the session because of an error found here: GOAWAY(code) is the last frame.
+    fn fail(&mut self, code: ErrorCode, message: String) {
+        if self.phase == Phase::Terminated {
+            return;
+        }
+        self.control.clear();
+        self.live.pong_owed = None;
+        // Only a peer that said HELLO can read our frames; before that the GOAWAY is still the
+        // best explanation we can give.
+        self.control.push_back(Control::GoAway {
+            code,
+            message: message.clone(),
+            drained: false,
+        });
+        self.emit_control_now();
+        self.terminate(Termination {
+            code,
+            message,
+            by_peer: false,
+        });
+    }
+
+    fn terminate(&mut self, termination: Termination) {
+        let code = if termination.is_graceful() {
+            ErrorCode::LINK_LOST
+        } else {
+            termination.code
+        };
+        let ids: Vec<StreamId> = self.streams.keys().copied().collect();
+        for id in ids {
+            self.fail_stream(id, code, &termination.to_string());
+        }
+        self.ring.clear();
+        self.starved.clear();
+        self.control.clear();
+        self.phase = Phase::Terminated;
+        self.termination = Some(termination.clone());
+        self.events.push_back(Event::Terminated(termination));
+    }
+
+    // ----- internals: output -----
+
+    fn fill_output(&mut self) {
+        if self.phase == Phase::Terminated {
+            return;
+        }
+        let high = self.config.output_high_water;
+        if self.phase == Phase::AwaitingHello {
+            // Only HELLO may go before the peer's HELLO arrived.
+            if let Some(pos) = self
+                .control
+                .iter()
+                .position(|c| matches!(c, Control::Hello { .. }))
+            {
+                if let Some(c) = self.control.remove(pos) {
+                    self.emit_control(c);
+                }
+            }
+            return;
+        }
+        if let Some(opaque) = self.live.pong_owed.take() {
+            self.emit_frame(
+                Kind::Pong,
+                Flags::empty(),
+                0,
+                &PingBody { opaque }.to_bytes(),
+            );
+        }
+        while self.pending_out() < high {
+            let Some(c) = self.control.pop_front() else {
+                break;
+            };
+            self.emit_control(c);
+        }
+        self.fill_data(high);
+    }
+
+    fn emit_control_now(&mut self) {
+        while let Some(c) = self.control.pop_front() {
+            self.emit_control(c);
+        }
+    }
+
+    fn pending_out(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    fn emit_control(&mut self, c: Control) {
+        let mut payload = Vec::new();
+        match c {
+            Control::Hello { reply } => {
+                let features = if self.config.payload_crc {
+                    Features::PAYLOAD_CRC
+                } else {
+                    Features::empty()
+                };
+                let hello = Hello {
+                    role: self.config.role,
+                    version: u16::from(wire::VERSION),
+                    features,
+                    max_frame: self.config.max_frame,
+                    max_streams: self.config.max_streams,
+                    nonce: self.config.nonce,
+                    boot_id: self.config.boot_id,
+                };
+                let flags = if reply { Flags::REPLY } else { Flags::empty() };
+                self.emit_frame(Kind::Hello, flags, 0, &hello.to_bytes());
+            }
+            Control::Open { id, service, args } => {
+                let Some(stream) = self.streams.get(&id) else {
+                    return;
+                };
+                let credit = stream.rx_limit.0;
+                Open {
+                    initial_credit: credit,
+                    service: &service,
+                    args: &args,
+                }
+                .emit(&mut payload);
+                self.emit_frame(Kind::Open, Flags::empty(), id, &payload);
+            }
+            Control::OpenOk { id, reply } => {
+                let Some(stream) = self.streams.get_mut(&id) else {
+                    return;
+                };
+                // The limit carried here is absolute; nothing was received yet.
+                stream.credit_queued = false;
+                let credit = stream.rx_limit.0;
+                OpenOk {
+                    initial_credit: credit,
+                    reply: &reply,
+                }
+                .emit(&mut payload);
+                self.emit_frame(Kind::OpenOk, Flags::empty(), id, &payload);
+            }
+            Control::OpenErr { id, code, message } => {
+                ErrorBody {
+                    code,
+                    message: &message,
+                }
+                .emit(&mut payload);
+                self.emit_frame(Kind::OpenErr, Flags::empty(), id, &payload);
+            }
+            Control::Credit { id } => {
+                let Some(stream) = self.streams.get_mut(&id) else {
+                    return;
+                };
+                if !stream.credit_queued {
+                    return;
+                }
+                stream.credit_queued = false;
+                let limit = stream.rx_limit.0;
+                self.emit_frame(
+                    Kind::Credit,
+                    Flags::empty(),
+                    id,
+                    &Credit { limit }.to_bytes(),
+                );
+            }
+            Control::Reset { id, code, message } => {
+                ErrorBody {
+                    code,
+                    message: &message,
+                }
+                .emit(&mut payload);
+                self.emit_frame(Kind::Reset, Flags::empty(), id, &payload);
+            }
+            Control::Ping { opaque } => {
+                self.counters.pings_sent += 1;
+                self.emit_frame(
+                    Kind::Ping,
+                    Flags::empty(),
+                    0,
+                    &PingBody { opaque }.to_bytes(),
+                );
+            }
+            Control::GoAway {
+                code,
+                message,
+                drained,
+            } => {
+                ErrorBody {
+                    code,
+                    message: &message,
+                }
+                .emit(&mut payload);
+                let flags = if drained {
+                    Flags::DRAINED
+                } else {
+                    Flags::empty()
+                };
+                self.emit_frame(Kind::GoAway, flags, 0, &payload);
+            }
+        }
+    }
+
+    fn emit_frame(&mut self, kind: Kind, flags: Flags, stream: u32, payload: &[u8]) {
+        let before = self.out.len();
+        let trailer = wire::has_trailer(kind, payload.len() as u32, self.decoder.payload_crc());
+        wire::emit_frame(&mut self.out, kind, flags, stream, payload, trailer);
+        self.counters.frames_out += 1;
+        self.counters.bytes_out += (self.out.len() - before) as u64;
+    }
+
+    /// Frames DATA round-robin, at most one chunk per stream per turn.
+    fn fill_data(&mut self, high: usize) {
+        let chunk_max = self.config.chunk.min(self.peer_max_frame());
+        let trailer = self.decoder.payload_crc();
+        while self.pending_out() < high {
+            let Some(id) = self.ring.pop_front() else {
+                break;
+            };
+            let Some(stream) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            stream.in_ring = false;
+            if stream.opening != Opening::Done {
+                continue;
+            }
+            let n = chunk_max.min(stream.peer_avail_credit()).min(stream.tx_len);
+            if n > 0 {
+                let start = self.out.len();
+                self.out.resize(start + wire::HEADER_LEN, 0);
+                wire::Header {
+                    kind: Kind::Data,
+                    flags: Flags::empty(),
+                    stream: id,
+                    len: n as u32,
+                }
+                .emit(&mut self.out[start..]);
+                let mut left = n;
+                while left > 0 {
+                    let Some(front) = stream.tx.front() else {
+                        break;
+                    };
+                    let take = (front.len() - stream.tx_head).min(left);
+                    self.out
+                        .extend_from_slice(&front[stream.tx_head..stream.tx_head + take]);
+                    stream.tx_head += take;
+                    left -= take;
+                    if stream.tx_head == front.len() {
+                        stream.tx.pop_front();
+                        stream.tx_head = 0;
+                    }
+                }
+                if trailer {
+                    let crc = wire::crc32c(&self.out[start + wire::HEADER_LEN..]);
+                    self.out.extend_from_slice(&crc.to_le_bytes());
+                }
+                stream.tx_len -= n;
+                stream.tx_sent += Wrapping(n as u32);
+                self.counters.frames_out += 1;
+                self.counters.bytes_out += (self.out.len() - start) as u64;
+                self.counters.data_out += n as u64;
+            }
+            if stream.tx_len == 0 && stream.write == WriteHalf::Closing {
+                stream.write = WriteHalf::Closed;
+                self.emit_frame(Kind::Close, Flags::empty(), id, &[]);
+                self.maybe_finish(id);
+            } else if stream.wants_turn() {
+                stream.in_ring = true;
+                self.ring.push_back(id);
+            }
+        }
+    }
+}
+
+/// A buffer [`Mux::send_owned`] could not take, handed back.
+#[derive(Debug)]
+pub struct SendError {
+    /// Why, when it is not just a lack of capacity.
+    pub error: Option<MuxError>,
+    /// The caller's buffer, untouched.
+    pub data: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two muxes joined back to back, with a manual clock.
+    struct Pair {
+        a: Mux,
+        b: Mux,
+        now: Instant,
+        a_events: Vec<Event>,
+        b_events: Vec<Event>,
+    }
+
+    impl Pair {
+        fn new() -> Pair {
+            Pair::with(Config::new(Role::Client, 11), Config::new(Role::Server, 22))
+        }
+
+        fn with(a: Config, b: Config) -> Pair {
+            let now = Instant::from_millis(1000);
+            Pair {
+                a: Mux::new(a, now),
+                b: Mux::new(b, now),
+                now,
+                a_events: vec![],
+                b_events: vec![],
+            }
+        }
+
+        /// Moves bytes both ways until nothing moves.
+        fn run(&mut self) {
+            loop {
+                while let Some(e) = self.a.poll_event() {
+                    self.a_events.push(e);
+                }
+                while let Some(e) = self.b.poll_event() {
+                    self.b_events.push(e);
+                }
+                let ab = self.a.poll_transmit().to_vec();
+                self.a.advance_output(ab.len());
+                let ba = self.b.poll_transmit().to_vec();
+                self.b.advance_output(ba.len());
+                if ab.is_empty() && ba.is_empty() {
+                    break;
+                }
+                self.b.handle_input(self.now, &ab);
+                self.a.handle_input(self.now, &ba);
+            }
+        }
+
+        fn take_incoming(&mut self) -> (StreamId, String, Vec<u8>) {
+            let pos = self
+                .b_events
+                .iter()
+                .position(|e| matches!(e, Event::Incoming { .. }))
+                .expect("incoming");
+            match self.b_events.remove(pos) {
+                Event::Incoming { id, service, args } => (id, service, args),
+                _ => unreachable!(),
+            }
+        }
+
+        fn drain_rx(mux: &mut Mux, id: StreamId) -> Vec<u8> {
+            let mut out = Vec::new();
+            while let Some(chunk) = mux.recv(id) {
+                mux.release(id, chunk.len());
+                out.extend(chunk);
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn hello_exchange_establishes_both_sides() {
+        let mut p = Pair::new();
+        p.run();
+        assert_eq!(p.a.phase(), Phase::Established);
+        assert_eq!(p.b.phase(), Phase::Established);
+        assert!(matches!(
+            p.a_events[0],
+            Event::Established {
+                restarted: false,
+                ..
+            }
+        ));
+        assert_eq!(p.a.peer().unwrap().hello.nonce, 22);
+        assert_eq!(p.b.peer().unwrap().hello.role, Role::Client);
+    }
+
+    #[test]
+    fn open_accept_data_close_both_ways() {
+        let mut p = Pair::new();
+        let id = p.a.open("echo", b"args").unwrap();
+        assert_eq!(id, 1);
+        p.run();
+        let (bid, service, args) = p.take_incoming();
+        assert_eq!(
+            (bid, service.as_str(), &args[..]),
+            (1, "echo", &b"args"[..])
+        );
+        p.b.accept(bid, b"hi").unwrap();
+        p.run();
+        assert!(p.a_events.contains(&Event::Accepted {
+            id,
+            reply: b"hi".to_vec()
+        }));
+        assert_eq!(p.a.send(id, b"ping").unwrap(), 4);
+        p.a.close(id).unwrap();
+        p.run();
+        assert_eq!(Pair::drain_rx(&mut p.b, id), b"ping");
+        assert!(p.b_events.contains(&Event::PeerClosed { id }));
+        p.b.send(id, b"pong").unwrap();
+        p.b.close(id).unwrap();
+        p.run();
+        assert_eq!(Pair::drain_rx(&mut p.a, id), b"pong");
+        p.run();
+        assert!(p.a_events.contains(&Event::Closed { id }));
+        assert!(p.b_events.contains(&Event::Closed { id }));
+        assert_eq!(p.a.stream_count(), 0);
+        assert_eq!(p.b.stream_count(), 0);
+    }
+
+    #[test]
+    fn goaway_ends_only_after_both_sides_drained() {
+        let mut p = Pair::new();
+        let id = p.a.open("svc", b"").unwrap();
+        p.run();
+        let (bid, _, _) = p.take_incoming();
+        p.b.accept(bid, b"").unwrap();
+        p.run();
+        p.a.goaway(ErrorCode::NORMAL, "bye");
+        p.run();
+        assert_eq!(p.a.phase(), Phase::Draining);
+        assert_eq!(p.b.phase(), Phase::Draining);
+        assert_eq!(p.b.open("x", b""), Err(MuxError::GoingAway));
+        p.a.send(id, b"last words").unwrap();
+        p.a.close(id).unwrap();
+        p.b.close(id).unwrap();
+        p.run();
+        assert_eq!(p.b.phase(), Phase::Draining, "b has not taken the data yet");
+        assert_eq!(Pair::drain_rx(&mut p.b, id), b"last words");
+        p.run();
+        assert_eq!(p.a.phase(), Phase::Terminated);
+        assert_eq!(p.b.phase(), Phase::Terminated);
+        assert!(p.a.termination().unwrap().is_graceful());
+        assert!(!p.a.termination().unwrap().by_peer);
+        assert!(p.b.termination().unwrap().by_peer);
+    }
+
+    #[test]
+    fn data_past_credit_is_reset_with_flow_control() {
+        let mut server = Config::new(Role::Server, 2);
+        server.stream_window = 16 << 10;
+        let mut p = Pair::with(Config::new(Role::Client, 1), server);
+        let id = p.a.open("svc", b"").unwrap();
+        p.run();
+        let (bid, _, _) = p.take_incoming();
+        p.b.accept(bid, b"").unwrap();
+        p.run();
+        // Forge DATA beyond the 16 KiB the server granted.
+        let mut forged = Vec::new();
+        wire::emit_frame(
+            &mut forged,
+            Kind::Data,
+            Flags::empty(),
+            id,
+            &[0u8; 20 << 10],
+            false,
+        );
+        p.b.handle_input(p.now, &forged);
+        let events: Vec<Event> = std::iter::from_fn(|| p.b.poll_event()).collect();
+        assert!(events.iter().any(|e| matches!(
+            e,
+            Event::Reset {
+                code: ErrorCode::FLOW_CONTROL,
+                by_peer: false,
+                ..
+            }
+        )));
+        p.run();
+        assert!(p.a_events.iter().any(|e| matches!(
+            e,
+            Event::Reset {
+                code: ErrorCode::FLOW_CONTROL,
+                by_peer: true,
+                ..
+            }
+        )));
+        assert_eq!(p.b.phase(), Phase::Established, "the session survives");
+    }
+
+    #[test]
+    fn keepalive_times_out_a_silent_peer() {
+        let mut p = Pair::new();
+        p.run();
+        let interval = p.a.config().keepalive_interval.unwrap();
+        let deadline = p.a.poll_at().unwrap();
+        assert_eq!(deadline, p.now + interval);
+        // Step time in small increments so no step looks like a pause.
+        let mut now = p.now;
+        while p.a.phase() != Phase::Terminated {
+            now = now + Duration::from_secs(1);
+            p.a.handle_timeout(now);
+            let _ = p.a.poll_transmit().len(); // the PING goes nowhere
+            let n = p.a.poll_transmit().len();
+            p.a.advance_output(n);
+            assert!(now < p.now + Duration::from_secs(60), "never timed out");
+        }
+        assert_eq!(p.a.termination().unwrap().code, ErrorCode::TIMEOUT);
+        assert_eq!(p.a.counters().pings_sent, 1);
+    }
+
+    #[test]
+    fn a_long_gap_is_a_pause_not_a_dead_peer() {
+        let mut p = Pair::new();
+        p.run();
+        let later = p.now + Duration::from_secs(3600);
+        p.a.handle_timeout(later);
+        assert_eq!(p.a.phase(), Phase::Established);
+        assert_eq!(p.a.counters().pauses, 1);
+    }
+}

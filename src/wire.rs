@@ -25,8 +25,8 @@ pub const MAX_SERVICE_LEN: usize = 64;
 pub const MAX_MESSAGE_LEN: usize = 1024;
 /// Largest payload any peer may announce as its `max_frame` (16 MiB).
 pub const MAX_FRAME_LIMIT: u32 = 16 << 20;
-/// Smallest `max_frame` a peer may announce: enough for HELLO, OPEN and error frames.
-pub const MIN_FRAME_LIMIT: u32 = 2048;
+/// Smallest `max_frame` a peer may announce: room for an OPEN with 16 KiB of arguments.
+pub const MIN_FRAME_LIMIT: u32 = 16 << 10;
 
 /// Byte ranges of the header fields (all integers little-endian).
 mod field {
@@ -64,11 +64,17 @@ pub enum WireError {
 impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            WireError::Truncated { needed, got } => write!(f, "truncated: need {needed} bytes, got {got}"),
+            WireError::Truncated { needed, got } => {
+                write!(f, "truncated: need {needed} bytes, got {got}")
+            }
             WireError::UnknownKind(k) => write!(f, "unknown frame kind 0x{k:02x}"),
-            WireError::UnknownFlags { kind, flags } => write!(f, "unknown flags 0x{flags:04x} on {kind}"),
+            WireError::UnknownFlags { kind, flags } => {
+                write!(f, "unknown flags 0x{flags:04x} on {kind}")
+            }
             WireError::BadPayload { kind, reason } => write!(f, "bad {kind} payload: {reason}"),
-            WireError::BadStreamId { kind, stream } => write!(f, "stream id {stream} not allowed on {kind}"),
+            WireError::BadStreamId { kind, stream } => {
+                write!(f, "stream id {stream} not allowed on {kind}")
+            }
         }
     }
 }
@@ -194,7 +200,10 @@ impl<T: AsRef<[u8]>> FrameHeader<T> {
     pub fn check_len(&self) -> Result<(), WireError> {
         let got = self.buffer.as_ref().len();
         if got < HEADER_LEN {
-            return Err(WireError::Truncated { needed: HEADER_LEN, got });
+            return Err(WireError::Truncated {
+                needed: HEADER_LEN,
+                got,
+            });
         }
         Ok(())
     }
@@ -300,16 +309,30 @@ impl Header {
     /// are the codec's business and are not checked here).
     pub fn parse<T: AsRef<[u8]>>(view: &FrameHeader<T>) -> Result<Header, WireError> {
         view.check_len()?;
-        let kind = Kind::from_u8(view.kind_raw())?;
-        let raw_flags = view.flags_raw();
-        let flags = Flags::from_bits(raw_flags)
+        Header::validate(
+            view.kind_raw(),
+            view.flags_raw(),
+            view.stream_id(),
+            view.payload_len(),
+        )
+    }
+
+    /// Validates raw header fields: a known kind, only that kind's flags, and a stream id that
+    /// is 0 exactly for session-level kinds.
+    pub fn validate(kind: u8, flags: u16, stream: u32, len: u32) -> Result<Header, WireError> {
+        let kind = Kind::from_u8(kind)?;
+        let checked = Flags::from_bits(flags)
             .filter(|f| kind.allowed_flags().contains(*f))
-            .ok_or(WireError::UnknownFlags { kind, flags: raw_flags })?;
-        let stream = view.stream_id();
+            .ok_or(WireError::UnknownFlags { kind, flags })?;
         if kind.is_session_level() != (stream == 0) {
             return Err(WireError::BadStreamId { kind, stream });
         }
-        Ok(Header { kind, flags, stream, len: view.payload_len() })
+        Ok(Header {
+            kind,
+            flags: checked,
+            stream,
+            len,
+        })
     }
 
     /// Writes the header, CRC included, into the first [`HEADER_LEN`] bytes of `buf`.
@@ -326,11 +349,24 @@ impl Header {
 
 /// Appends a whole frame (header, payload, and the CRC32C trailer when `trailer` is set and the
 /// payload is not empty) to `out`.
-pub fn emit_frame(out: &mut Vec<u8>, kind: Kind, flags: Flags, stream: u32, payload: &[u8], trailer: bool) {
+pub fn emit_frame(
+    out: &mut Vec<u8>,
+    kind: Kind,
+    flags: Flags,
+    stream: u32,
+    payload: &[u8],
+    trailer: bool,
+) {
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     let start = out.len();
     out.resize(start + HEADER_LEN, 0);
-    Header { kind, flags, stream, len }.emit(&mut out[start..]);
+    Header {
+        kind,
+        flags,
+        stream,
+        len,
+    }
+    .emit(&mut out[start..]);
     out.extend_from_slice(payload);
     if trailer && !payload.is_empty() {
         out.extend_from_slice(&crc32c(payload).to_le_bytes());
@@ -410,9 +446,15 @@ impl Hello {
 
     /// Parses a HELLO payload. Unknown feature bits are ignored (a newer peer may know more).
     pub fn parse(p: &[u8]) -> Result<Hello, WireError> {
-        const BAD: fn(&'static str) -> WireError = |reason| WireError::BadPayload { kind: Kind::Hello, reason };
+        const BAD: fn(&'static str) -> WireError = |reason| WireError::BadPayload {
+            kind: Kind::Hello,
+            reason,
+        };
         if p.len() < Hello::LEN {
-            return Err(WireError::Truncated { needed: Hello::LEN, got: p.len() });
+            return Err(WireError::Truncated {
+                needed: Hello::LEN,
+                got: p.len(),
+            });
         }
         let role = Role::from_u8(p[0]).ok_or(BAD("unknown role"))?;
         let version = u16::from_le_bytes(array(&p[2..4]));
@@ -424,7 +466,15 @@ impl Hello {
         let max_streams = u32::from_le_bytes(array(&p[12..16]));
         let nonce = u64::from_le_bytes(array(&p[16..24]));
         let boot_id = array(&p[24..40]);
-        Ok(Hello { role, version, features, max_frame, max_streams, nonce, boot_id })
+        Ok(Hello {
+            role,
+            version,
+            features,
+            max_frame,
+            max_streams,
+            nonce,
+            boot_id,
+        })
     }
 
     /// Writes the payload into the first [`Hello::LEN`] bytes of `buf`.
@@ -461,18 +511,30 @@ pub struct Open<'a> {
 impl<'a> Open<'a> {
     /// Parses an OPEN payload.
     pub fn parse(p: &'a [u8]) -> Result<Open<'a>, WireError> {
-        const BAD: fn(&'static str) -> WireError = |reason| WireError::BadPayload { kind: Kind::Open, reason };
+        const BAD: fn(&'static str) -> WireError = |reason| WireError::BadPayload {
+            kind: Kind::Open,
+            reason,
+        };
         if p.len() < 5 {
-            return Err(WireError::Truncated { needed: 5, got: p.len() });
+            return Err(WireError::Truncated {
+                needed: 5,
+                got: p.len(),
+            });
         }
         let initial_credit = u32::from_le_bytes(array(&p[0..4]));
         let name_len = usize::from(p[4]);
-        let name = p.get(5..5 + name_len).ok_or(BAD("service name runs past the payload"))?;
+        let name = p
+            .get(5..5 + name_len)
+            .ok_or(BAD("service name runs past the payload"))?;
         let service = std::str::from_utf8(name).map_err(|_| BAD("service name is not text"))?;
         if !is_valid_service_name(service) {
             return Err(BAD("service name must be 1-64 of [A-Za-z0-9._-]"));
         }
-        Ok(Open { initial_credit, service, args: &p[5 + name_len..] })
+        Ok(Open {
+            initial_credit,
+            service,
+            args: &p[5 + name_len..],
+        })
     }
 
     /// Encoded length of the payload.
@@ -493,7 +555,9 @@ impl<'a> Open<'a> {
 pub fn is_valid_service_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_SERVICE_LEN
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
 /// The OPEN_OK payload: the acceptor's initial credit and optional reply bytes.
@@ -509,9 +573,15 @@ impl<'a> OpenOk<'a> {
     /// Parses an OPEN_OK payload.
     pub fn parse(p: &'a [u8]) -> Result<OpenOk<'a>, WireError> {
         if p.len() < 4 {
-            return Err(WireError::Truncated { needed: 4, got: p.len() });
+            return Err(WireError::Truncated {
+                needed: 4,
+                got: p.len(),
+            });
         }
-        Ok(OpenOk { initial_credit: u32::from_le_bytes(array(&p[0..4])), reply: &p[4..] })
+        Ok(OpenOk {
+            initial_credit: u32::from_le_bytes(array(&p[0..4])),
+            reply: &p[4..],
+        })
     }
 
     /// Appends the payload to `out`.
@@ -534,14 +604,23 @@ impl<'a> ErrorBody<'a> {
     /// Parses the payload of `kind`. A message that is not UTF-8 or too long is an error.
     pub fn parse(kind: Kind, p: &'a [u8]) -> Result<ErrorBody<'a>, WireError> {
         if p.len() < 4 {
-            return Err(WireError::Truncated { needed: 4, got: p.len() });
+            return Err(WireError::Truncated {
+                needed: 4,
+                got: p.len(),
+            });
         }
         let code = ErrorCode(u32::from_le_bytes(array(&p[0..4])));
         let text = &p[4..];
         if text.len() > MAX_MESSAGE_LEN {
-            return Err(WireError::BadPayload { kind, reason: "message longer than 1024 bytes" });
+            return Err(WireError::BadPayload {
+                kind,
+                reason: "message longer than 1024 bytes",
+            });
         }
-        let message = std::str::from_utf8(text).map_err(|_| WireError::BadPayload { kind, reason: "message is not UTF-8" })?;
+        let message = std::str::from_utf8(text).map_err(|_| WireError::BadPayload {
+            kind,
+            reason: "message is not UTF-8",
+        })?;
         Ok(ErrorBody { code, message })
     }
 
@@ -566,9 +645,14 @@ impl Credit {
     /// Parses a CREDIT payload.
     pub fn parse(p: &[u8]) -> Result<Credit, WireError> {
         if p.len() != Credit::LEN {
-            return Err(WireError::BadPayload { kind: Kind::Credit, reason: "must be 4 bytes" });
+            return Err(WireError::BadPayload {
+                kind: Kind::Credit,
+                reason: "must be 4 bytes",
+            });
         }
-        Ok(Credit { limit: u32::from_le_bytes(array(p)) })
+        Ok(Credit {
+            limit: u32::from_le_bytes(array(p)),
+        })
     }
 
     /// The payload bytes.
@@ -591,9 +675,14 @@ impl PingBody {
     /// Parses a PING or PONG payload.
     pub fn parse(kind: Kind, p: &[u8]) -> Result<PingBody, WireError> {
         if p.len() != PingBody::LEN {
-            return Err(WireError::BadPayload { kind, reason: "must be 8 bytes" });
+            return Err(WireError::BadPayload {
+                kind,
+                reason: "must be 8 bytes",
+            });
         }
-        Ok(PingBody { opaque: u64::from_le_bytes(array(p)) })
+        Ok(PingBody {
+            opaque: u64::from_le_bytes(array(p)),
+        })
     }
 
     /// The payload bytes.
@@ -733,7 +822,15 @@ mod tests {
         assert!(view.is_intact());
         assert_eq!(view.version(), 1);
         let header = Header::parse(&view).unwrap();
-        assert_eq!(header, Header { kind: Kind::Data, flags: Flags::empty(), stream: 3, len: 2 });
+        assert_eq!(
+            header,
+            Header {
+                kind: Kind::Data,
+                flags: Flags::empty(),
+                stream: 3,
+                len: 2
+            }
+        );
     }
 
     #[test]
@@ -773,26 +870,62 @@ mod tests {
     #[test]
     fn rejects_unknown_kind_and_flags_and_bad_stream_ids() {
         let mut buf = [0u8; HEADER_LEN];
-        Header { kind: Kind::Data, flags: Flags::empty(), stream: 1, len: 0 }.emit(&mut buf);
+        Header {
+            kind: Kind::Data,
+            flags: Flags::empty(),
+            stream: 1,
+            len: 0,
+        }
+        .emit(&mut buf);
         buf[3] = 0x7F;
-        assert_eq!(Header::parse(&FrameHeader::new_unchecked(&buf[..])), Err(WireError::UnknownKind(0x7F)));
+        assert_eq!(
+            Header::parse(&FrameHeader::new_unchecked(&buf[..])),
+            Err(WireError::UnknownKind(0x7F))
+        );
 
-        Header { kind: Kind::Data, flags: Flags::empty(), stream: 1, len: 0 }.emit(&mut buf);
+        Header {
+            kind: Kind::Data,
+            flags: Flags::empty(),
+            stream: 1,
+            len: 0,
+        }
+        .emit(&mut buf);
         buf[4] = 0x01;
         assert_eq!(
             Header::parse(&FrameHeader::new_unchecked(&buf[..])),
-            Err(WireError::UnknownFlags { kind: Kind::Data, flags: 1 })
+            Err(WireError::UnknownFlags {
+                kind: Kind::Data,
+                flags: 1
+            })
         );
 
-        Header { kind: Kind::Data, flags: Flags::empty(), stream: 0, len: 0 }.emit(&mut buf);
+        Header {
+            kind: Kind::Data,
+            flags: Flags::empty(),
+            stream: 0,
+            len: 0,
+        }
+        .emit(&mut buf);
         assert_eq!(
             Header::parse(&FrameHeader::new_unchecked(&buf[..])),
-            Err(WireError::BadStreamId { kind: Kind::Data, stream: 0 })
+            Err(WireError::BadStreamId {
+                kind: Kind::Data,
+                stream: 0
+            })
         );
-        Header { kind: Kind::Ping, flags: Flags::empty(), stream: 5, len: 0 }.emit(&mut buf);
+        Header {
+            kind: Kind::Ping,
+            flags: Flags::empty(),
+            stream: 5,
+            len: 0,
+        }
+        .emit(&mut buf);
         assert_eq!(
             Header::parse(&FrameHeader::new_unchecked(&buf[..])),
-            Err(WireError::BadStreamId { kind: Kind::Ping, stream: 5 })
+            Err(WireError::BadStreamId {
+                kind: Kind::Ping,
+                stream: 5
+            })
         );
     }
 
@@ -808,7 +941,10 @@ mod tests {
             boot_id: [0xAB; 16],
         };
         let bytes = hello.to_bytes();
-        assert_eq!(&bytes[..16], &[2, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 4, 0, 0]);
+        assert_eq!(
+            &bytes[..16],
+            &[2, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 4, 0, 0]
+        );
         assert_eq!(&bytes[16..24], &[8, 7, 6, 5, 4, 3, 2, 1]);
         assert_eq!(Hello::parse(&bytes).unwrap(), hello);
     }
@@ -819,7 +955,7 @@ mod tests {
             role: Role::Client,
             version: 1,
             features: Features::empty(),
-            max_frame: 4096,
+            max_frame: 16384,
             max_streams: 1,
             nonce: 1,
             boot_id: [0; 16],
@@ -835,22 +971,36 @@ mod tests {
 
     #[test]
     fn open_round_trips_and_validates_the_service_name() {
-        let open = Open { initial_credit: 65536, service: "exec", args: b"\x01\x02" };
+        let open = Open {
+            initial_credit: 65536,
+            service: "exec",
+            args: b"\x01\x02",
+        };
         let mut out = Vec::new();
         open.emit(&mut out);
         assert_eq!(out, [0, 0, 1, 0, 4, b'e', b'x', b'e', b'c', 1, 2]);
         assert_eq!(out.len(), open.buffer_len());
         assert_eq!(Open::parse(&out).unwrap(), open);
 
-        assert!(Open::parse(&[0, 0, 0, 0, 9, b'a']).is_err(), "name runs past the end");
+        assert!(
+            Open::parse(&[0, 0, 0, 0, 9, b'a']).is_err(),
+            "name runs past the end"
+        );
         assert!(Open::parse(&[0, 0, 0, 0, 0]).is_err(), "empty name");
-        assert!(Open::parse(&[0, 0, 0, 0, 2, b'a', b'/']).is_err(), "bad character");
+        assert!(
+            Open::parse(&[0, 0, 0, 0, 2, b'a', b'/']).is_err(),
+            "bad character"
+        );
     }
 
     #[test]
     fn error_body_round_trips_and_cuts_long_messages() {
         let mut out = Vec::new();
-        ErrorBody { code: ErrorCode::REFUSED, message: "nope" }.emit(&mut out);
+        ErrorBody {
+            code: ErrorCode::REFUSED,
+            message: "nope",
+        }
+        .emit(&mut out);
         assert_eq!(out, [7, 0, 0, 0, b'n', b'o', b'p', b'e']);
         let parsed = ErrorBody::parse(Kind::OpenErr, &out).unwrap();
         assert_eq!(parsed.code, ErrorCode::REFUSED);
@@ -858,10 +1008,17 @@ mod tests {
 
         let long = "é".repeat(600); // 1200 bytes
         let mut out = Vec::new();
-        ErrorBody { code: ErrorCode::CANCEL, message: &long }.emit(&mut out);
+        ErrorBody {
+            code: ErrorCode::CANCEL,
+            message: &long,
+        }
+        .emit(&mut out);
         assert_eq!(out.len(), 4 + 1024);
         assert!(ErrorBody::parse(Kind::Reset, &out).is_ok());
-        assert!(ErrorBody::parse(Kind::Reset, &[1, 0, 0, 0, 0xFF]).is_err(), "not UTF-8");
+        assert!(
+            ErrorBody::parse(Kind::Reset, &[1, 0, 0, 0, 0xFF]).is_err(),
+            "not UTF-8"
+        );
     }
 
     #[test]
@@ -878,9 +1035,16 @@ mod tests {
 
     #[test]
     fn wire_error_messages() {
-        assert_eq!(WireError::UnknownKind(0x42).to_string(), "unknown frame kind 0x42");
         assert_eq!(
-            WireError::BadPayload { kind: Kind::Credit, reason: "must be 4 bytes" }.to_string(),
+            WireError::UnknownKind(0x42).to_string(),
+            "unknown frame kind 0x42"
+        );
+        assert_eq!(
+            WireError::BadPayload {
+                kind: Kind::Credit,
+                reason: "must be 4 bytes"
+            }
+            .to_string(),
             "bad CREDIT payload: must be 4 bytes"
         );
     }
