@@ -1,1 +1,1611 @@
-//! TODO
+//! The event loop: one thread that owns a `mio::Poll`, every link and pump fd, and every session.
+//!
+//! Application threads never touch a socket. They hold handles ([`crate::session`]) that send
+//! [`Command`]s over a crossbeam channel and wake the loop with the poll's one `mio::Waker`. The
+//! loop reads links until `WouldBlock` and feeds the bytes to each session's [`Mux`], writes what
+//! the mux builds, runs its timers at `poll_at()`, and turns mux events into handle updates.
+//!
+//! Three kinds of link sources exist:
+//! - a **link** added directly ([`ReactorHandle::add_link`]): one session, over when the link is;
+//! - a **listener** ([`ReactorHandle::add_listener`]): every accepted connection is a session;
+//! - a **port** ([`ReactorHandle::add_port`]): a serial line (virtio-serial, tty) that outlives its
+//!   peer; when a session on it ends, a new one starts on the same fd with a fresh HELLO.
+//!
+//! A stream accepted as a *pump* ([`crate::session::Incoming::accept_pump`]) is moved to and from
+//! file descriptors inside this thread, so services need no thread per stream. Regular files,
+//! which epoll cannot watch, are treated as always ready and moved one chunk per loop turn.
+
+use crate::mux::{Config, Event, Mux, Phase, StreamId, Termination};
+use crate::session::{
+    Incoming, PumpDone, PumpSpec, RxEnd, Session, SessionError, SessionShared, SessionStats,
+    StreamShared, TxEnd,
+};
+use crate::time::Clock;
+use crate::transport::{set_nonblocking, Link, LinkKind, UnixLinkListener};
+use crate::wire::ErrorCode;
+use crossbeam_channel::{Receiver, Sender};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Identifies a session within its reactor.
+pub type SessionId = u64;
+
+const WAKER: Token = Token(0);
+/// Bytes read from a link per `read(2)`.
+const READ_BUF: usize = 256 << 10;
+/// Bytes a pump reads from its fd per `read(2)`.
+const PUMP_CHUNK: usize = 64 << 10;
+/// Bytes a stream handle may queue for writing before the writer blocks.
+const HANDLE_TX_CAP: usize = 256 << 10;
+/// A reader reports consumption to the reactor every this many bytes (and before it waits).
+const HANDLE_REPORT_EVERY: usize = 32 << 10;
+
+/// Errors of the reactor layer.
+#[derive(Debug)]
+pub enum ReactorError {
+    /// Setting up the poll, the waker or the thread failed.
+    Io(io::Error),
+    /// The loop has stopped.
+    Stopped,
+}
+
+impl fmt::Display for ReactorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReactorError::Io(e) => write!(f, "event loop: {e}"),
+            ReactorError::Stopped => f.write_str("the vmux event loop has stopped"),
+        }
+    }
+}
+
+impl std::error::Error for ReactorError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReactorError::Io(e) => Some(e),
+            ReactorError::Stopped => None,
+        }
+    }
+}
+
+impl From<io::Error> for ReactorError {
+    fn from(e: io::Error) -> ReactorError {
+        ReactorError::Io(e)
+    }
+}
+
+/// Something that accepts connections and yields them as links (a listening socket).
+pub trait LinkListener: Send + AsRawFd {
+    /// Accepts one pending connection, or `Ok(None)` if none is waiting.
+    fn accept_link(&mut self) -> io::Result<Option<Link>>;
+}
+
+impl LinkListener for UnixLinkListener {
+    fn accept_link(&mut self) -> io::Result<Option<Link>> {
+        self.accept()
+    }
+}
+
+/// Builds the mux configuration for each new session on a listener or port.
+pub type ConfigFn = Box<dyn FnMut(&Link) -> Config + Send>;
+
+/// How an accepted stream is served.
+#[derive(Debug)]
+pub(crate) enum AcceptAs {
+    /// By a blocking [`crate::session::Stream`] handle.
+    Handle(Arc<StreamShared>),
+    /// By a pump between the stream and fds.
+    Pump(PumpSpec),
+}
+
+/// Where the answer to an OPEN goes: the stream id and the peer's reply bytes, or why not.
+pub(crate) type OpenReply = Sender<Result<(StreamId, Vec<u8>), SessionError>>;
+
+/// A request from a handle to the loop.
+pub(crate) enum Command {
+    AddLink {
+        link: Link,
+        config: Config,
+        incoming: Sender<Incoming>,
+        shared: Arc<SessionShared>,
+        reply: Sender<io::Result<SessionId>>,
+    },
+    AddListener {
+        listener: Box<dyn LinkListener>,
+        make_config: ConfigFn,
+        sessions: Sender<Session>,
+        reply: Sender<io::Result<()>>,
+    },
+    AddPort {
+        link: Link,
+        make_config: ConfigFn,
+        sessions: Sender<Session>,
+        reply: Sender<io::Result<()>>,
+    },
+    Open {
+        session: SessionId,
+        service: String,
+        args: Vec<u8>,
+        shared: Arc<StreamShared>,
+        reply: OpenReply,
+    },
+    Accept {
+        session: SessionId,
+        id: StreamId,
+        reply: Vec<u8>,
+        endpoint: AcceptAs,
+    },
+    Reject {
+        session: SessionId,
+        id: StreamId,
+        code: ErrorCode,
+        message: String,
+    },
+    Tx {
+        session: SessionId,
+        id: StreamId,
+    },
+    Consumed {
+        session: SessionId,
+        id: StreamId,
+        n: usize,
+    },
+    CloseWrite {
+        session: SessionId,
+        id: StreamId,
+    },
+    Reset {
+        session: SessionId,
+        id: StreamId,
+        code: ErrorCode,
+    },
+    Dropped {
+        session: SessionId,
+        id: StreamId,
+    },
+    GoAway {
+        session: SessionId,
+        code: ErrorCode,
+    },
+    Ping {
+        session: SessionId,
+        reply: Sender<Result<Duration, SessionError>>,
+    },
+    Stats {
+        session: SessionId,
+        reply: Sender<Result<SessionStats, SessionError>>,
+    },
+    Shutdown,
+}
+
+impl fmt::Debug for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            Command::AddLink { .. } => "AddLink",
+            Command::AddListener { .. } => "AddListener",
+            Command::AddPort { .. } => "AddPort",
+            Command::Open { .. } => "Open",
+            Command::Accept { .. } => "Accept",
+            Command::Reject { .. } => "Reject",
+            Command::Tx { .. } => "Tx",
+            Command::Consumed { .. } => "Consumed",
+            Command::CloseWrite { .. } => "CloseWrite",
+            Command::Reset { .. } => "Reset",
+            Command::Dropped { .. } => "Dropped",
+            Command::GoAway { .. } => "GoAway",
+            Command::Ping { .. } => "Ping",
+            Command::Stats { .. } => "Stats",
+            Command::Shutdown => "Shutdown",
+        };
+        f.write_str(name)
+    }
+}
+
+/// A cheap, clonable way to talk to the loop from any thread.
+#[derive(Debug, Clone)]
+pub struct ReactorHandle {
+    tx: Sender<Command>,
+    waker: Arc<Waker>,
+}
+
+impl ReactorHandle {
+    pub(crate) fn send(&self, command: Command) -> Result<(), SessionError> {
+        self.tx
+            .send(command)
+            .map_err(|_| SessionError::ReactorGone)?;
+        self.waker.wake().map_err(SessionError::Io)
+    }
+
+    pub(crate) fn new_stream_shared(&self) -> Arc<StreamShared> {
+        StreamShared::new(HANDLE_TX_CAP, HANDLE_REPORT_EVERY)
+    }
+
+    /// Runs a session over `link`. Streams the peer opens arrive on [`Session::accept`].
+    pub fn add_link(&self, link: Link, config: Config) -> Result<Session, ReactorError> {
+        let (incoming_tx, incoming_rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(SessionShared::default());
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.send(Command::AddLink {
+            link,
+            config,
+            incoming: incoming_tx,
+            shared: shared.clone(),
+            reply,
+        })
+        .map_err(|_| ReactorError::Stopped)?;
+        let id = rx.recv().map_err(|_| ReactorError::Stopped)??;
+        Ok(Session {
+            id,
+            reactor: self.clone(),
+            incoming: incoming_rx,
+            shared,
+        })
+    }
+
+    /// Accepts connections on `listener`; each becomes a session sent to `sessions`.
+    pub fn add_listener(
+        &self,
+        listener: Box<dyn LinkListener>,
+        make_config: ConfigFn,
+        sessions: Sender<Session>,
+    ) -> Result<(), ReactorError> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.send(Command::AddListener {
+            listener,
+            make_config,
+            sessions,
+            reply,
+        })
+        .map_err(|_| ReactorError::Stopped)?;
+        rx.recv().map_err(|_| ReactorError::Stopped)??;
+        Ok(())
+    }
+
+    /// Serves a serial port that outlives its peer: each session on it is sent to `sessions`,
+    /// and a new one starts (with HELLO) whenever the previous one ends.
+    pub fn add_port(
+        &self,
+        link: Link,
+        make_config: ConfigFn,
+        sessions: Sender<Session>,
+    ) -> Result<(), ReactorError> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.send(Command::AddPort {
+            link,
+            make_config,
+            sessions,
+            reply,
+        })
+        .map_err(|_| ReactorError::Stopped)?;
+        rx.recv().map_err(|_| ReactorError::Stopped)??;
+        Ok(())
+    }
+}
+
+/// The event-loop thread. Dropping it shuts the loop down and joins the thread.
+#[derive(Debug)]
+pub struct Reactor {
+    handle: ReactorHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Reactor {
+    /// Starts the loop on a new thread.
+    pub fn spawn() -> Result<Reactor, ReactorError> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let handle = ReactorHandle { tx, waker };
+        let mut core = Core::new(poll, rx, handle.clone());
+        let thread = std::thread::Builder::new()
+            .name("vmux-reactor".into())
+            .spawn(move || core.run())?;
+        Ok(Reactor {
+            handle,
+            thread: Some(thread),
+        })
+    }
+
+    /// A handle for adding links and opening streams from any thread.
+    pub fn handle(&self) -> ReactorHandle {
+        self.handle.clone()
+    }
+
+    /// Runs a session over `link` (see [`ReactorHandle::add_link`]).
+    pub fn add_link(&self, link: Link, config: Config) -> Result<Session, ReactorError> {
+        self.handle.add_link(link, config)
+    }
+
+    /// Ends every session at once (GOAWAY with GOING_AWAY) and joins the thread.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = self.handle.send(Command::Shutdown);
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Reactor {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A random-enough u64 for HELLO nonces, from the standard library's per-process random keys.
+pub fn random_nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+// ----- the loop's own state -----
+
+/// What a poll token stands for.
+#[derive(Debug, Clone, Copy)]
+enum Owner {
+    Link(SessionId),
+    Listener(usize),
+    PumpFrom(SessionId, StreamId),
+    PumpTo(SessionId, StreamId),
+}
+
+struct ListenerEntry {
+    listener: Box<dyn LinkListener>,
+    make_config: ConfigFn,
+    sessions: Sender<Session>,
+}
+
+/// A serial port's restart recipe.
+struct PortEntry {
+    make_config: ConfigFn,
+    sessions: Sender<Session>,
+}
+
+/// One fd of a pump.
+struct PumpFd {
+    fd: OwnedFd,
+    /// `None` for fds epoll cannot watch (regular files): always ready.
+    token: Option<Token>,
+    /// Readiness not yet used up (edge-triggered).
+    ready: bool,
+}
+
+struct Pump {
+    from: Option<PumpFd>,
+    to: Option<PumpFd>,
+    /// Chunks taken from the mux, not yet written to `to` (not yet released as credit).
+    to_pending: VecDeque<Vec<u8>>,
+    to_head: usize,
+    peer_closed: bool,
+    from_done: bool,
+    mux_closed: bool,
+    sent: u64,
+    received: u64,
+    done: Option<Sender<PumpDone>>,
+}
+
+enum Endpoint {
+    /// A blocking handle; `dropped` once the application let go of it.
+    Handle {
+        shared: Arc<StreamShared>,
+        dropped: bool,
+        close_requested: bool,
+    },
+    Pump(Box<Pump>),
+}
+
+struct SessionEntry {
+    sid: SessionId,
+    handle: ReactorHandle,
+    /// Pump tokens whose fds were closed, for the loop to forget.
+    released_tokens: Vec<Token>,
+    link: Link,
+    token: Token,
+    mux: Mux,
+    shared: Arc<SessionShared>,
+    incoming: Option<Sender<Incoming>>,
+    endpoints: HashMap<StreamId, Endpoint>,
+    pending_opens: HashMap<StreamId, (Arc<StreamShared>, OpenReply)>,
+    pings: VecDeque<Sender<Result<Duration, SessionError>>>,
+    readable: bool,
+    writable: bool,
+    /// Whether WRITABLE interest is registered.
+    write_interest: bool,
+    /// The port this session runs on, if it is a serial port that restarts sessions.
+    port: Option<PortEntry>,
+    /// The link stopped (EOF or error): finish up.
+    link_down: bool,
+}
+
+struct Core {
+    poll: Poll,
+    clock: Clock,
+    commands: Receiver<Command>,
+    handle: ReactorHandle,
+    sessions: HashMap<SessionId, SessionEntry>,
+    listeners: HashMap<usize, (Token, ListenerEntry)>,
+    tokens: HashMap<Token, Owner>,
+    next_token: usize,
+    next_session: SessionId,
+    read_buf: Vec<u8>,
+    /// Some pump has an always-ready fd with work left: poll without sleeping.
+    busy: bool,
+    running: bool,
+}
+
+impl Core {
+    fn new(poll: Poll, commands: Receiver<Command>, handle: ReactorHandle) -> Core {
+        Core {
+            poll,
+            clock: Clock::new(),
+            commands,
+            handle,
+            sessions: HashMap::new(),
+            listeners: HashMap::new(),
+            tokens: HashMap::new(),
+            next_token: 1,
+            next_session: 1,
+            read_buf: vec![0u8; READ_BUF],
+            busy: false,
+            running: true,
+        }
+    }
+
+    fn token(&mut self, owner: Owner) -> Token {
+        let t = Token(self.next_token);
+        self.next_token += 1;
+        self.tokens.insert(t, owner);
+        t
+    }
+
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(256);
+        while self.running {
+            let timeout = if self.busy {
+                Some(Duration::ZERO)
+            } else {
+                self.next_timeout()
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("poll failed: {e}");
+                    break;
+                }
+            }
+            let mut touched: Vec<SessionId> = Vec::new();
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => {}
+                    token => match self.tokens.get(&token).copied() {
+                        Some(Owner::Link(sid)) => {
+                            if let Some(s) = self.sessions.get_mut(&sid) {
+                                if event.is_readable() || event.is_read_closed() || event.is_error()
+                                {
+                                    s.readable = true;
+                                }
+                                if event.is_writable() || event.is_write_closed() {
+                                    s.writable = true;
+                                }
+                                touched.push(sid);
+                            }
+                        }
+                        Some(Owner::Listener(lid)) => self.accept_all(lid),
+                        Some(Owner::PumpFrom(sid, id)) | Some(Owner::PumpTo(sid, id)) => {
+                            self.mark_pump_ready(sid, id, token);
+                            touched.push(sid);
+                        }
+                        None => {}
+                    },
+                }
+            }
+            self.drain_commands(&mut touched);
+            let now = self.clock.now();
+            for (sid, s) in self.sessions.iter_mut() {
+                if s.mux.poll_at().is_some_and(|at| at <= now) {
+                    s.mux.handle_timeout(now);
+                    touched.push(*sid);
+                }
+            }
+            if self.busy {
+                self.busy = false;
+                touched.extend(self.sessions.keys().copied());
+            }
+            touched.sort_unstable();
+            touched.dedup();
+            for sid in touched {
+                self.drive(sid);
+            }
+        }
+        self.shutdown_all();
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        let now = self.clock.now();
+        self.sessions
+            .values()
+            .filter_map(|s| s.mux.poll_at())
+            .min()
+            .map(|at| at.saturating_since(now) + Duration::from_millis(1))
+    }
+
+    fn drain_commands(&mut self, touched: &mut Vec<SessionId>) {
+        while let Ok(command) = self.commands.try_recv() {
+            if let Some(sid) = self.command(command) {
+                touched.push(sid);
+            }
+        }
+    }
+
+    /// Carries out one command; returns the session it touched.
+    fn command(&mut self, command: Command) -> Option<SessionId> {
+        let now = self.clock.now();
+        match command {
+            Command::Shutdown => {
+                self.running = false;
+                None
+            }
+            Command::AddLink {
+                link,
+                config,
+                incoming,
+                shared,
+                reply,
+            } => {
+                let result = self.insert_session(link, config, Some(incoming), shared, None);
+                let sid = result.as_ref().ok().copied();
+                let _ = reply.send(result);
+                sid
+            }
+            Command::AddListener {
+                listener,
+                make_config,
+                sessions,
+                reply,
+            } => {
+                let lid = self.next_token;
+                let token = self.token(Owner::Listener(lid));
+                let fd = listener.as_raw_fd();
+                let result =
+                    self.poll
+                        .registry()
+                        .register(&mut SourceFd(&fd), token, Interest::READABLE);
+                if result.is_ok() {
+                    self.listeners.insert(
+                        lid,
+                        (
+                            token,
+                            ListenerEntry {
+                                listener,
+                                make_config,
+                                sessions,
+                            },
+                        ),
+                    );
+                    // Connections may already be waiting.
+                    self.accept_all(lid);
+                } else {
+                    self.tokens.remove(&token);
+                }
+                let _ = reply.send(result);
+                None
+            }
+            Command::AddPort {
+                link,
+                mut make_config,
+                sessions,
+                reply,
+            } => {
+                let config = make_config(&link);
+                let port = PortEntry {
+                    make_config,
+                    sessions,
+                };
+                match self.start_port_session(link, config, port) {
+                    Ok(sid) => {
+                        let _ = reply.send(Ok(()));
+                        Some(sid)
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        None
+                    }
+                }
+            }
+            Command::Open {
+                session,
+                service,
+                args,
+                shared,
+                reply,
+            } => {
+                let Some(s) = self.sessions.get_mut(&session) else {
+                    let _ = reply.send(Err(SessionError::ReactorGone));
+                    return None;
+                };
+                match s.mux.open(&service, &args) {
+                    Ok(id) => {
+                        s.pending_opens.insert(id, (shared, reply));
+                    }
+                    Err(e) => {
+                        let err = match e {
+                            crate::mux::MuxError::GoingAway => SessionError::GoingAway,
+                            crate::mux::MuxError::Terminated => match s.mux.termination() {
+                                Some(t) => SessionError::Ended(t.clone()),
+                                None => SessionError::ReactorGone,
+                            },
+                            other => SessionError::Invalid(other.to_string()),
+                        };
+                        let _ = reply.send(Err(err));
+                    }
+                }
+                Some(session)
+            }
+            Command::Accept {
+                session,
+                id,
+                reply,
+                endpoint,
+            } => {
+                self.accept_stream(session, id, &reply, endpoint);
+                Some(session)
+            }
+            Command::Reject {
+                session,
+                id,
+                code,
+                message,
+            } => {
+                let s = self.sessions.get_mut(&session)?;
+                let _ = s.mux.reject(id, code, &message);
+                Some(session)
+            }
+            Command::Tx { session, id } => {
+                let s = self.sessions.get_mut(&session)?;
+                s.move_tx(id);
+                Some(session)
+            }
+            Command::Consumed { session, id, n } => {
+                let s = self.sessions.get_mut(&session)?;
+                s.mux.release(id, n);
+                Some(session)
+            }
+            Command::CloseWrite { session, id } => {
+                let s = self.sessions.get_mut(&session)?;
+                if let Some(Endpoint::Handle {
+                    close_requested, ..
+                }) = s.endpoints.get_mut(&id)
+                {
+                    *close_requested = true;
+                }
+                s.move_tx(id);
+                Some(session)
+            }
+            Command::Reset { session, id, code } => {
+                let s = self.sessions.get_mut(&session)?;
+                if s.endpoints.remove(&id).is_some() {
+                    let _ = s.mux.reset(id, code, "reset by the application");
+                }
+                Some(session)
+            }
+            Command::Dropped { session, id } => {
+                let s = self.sessions.get_mut(&session)?;
+                let Some(Endpoint::Handle {
+                    shared,
+                    dropped,
+                    close_requested,
+                }) = s.endpoints.get_mut(&id)
+                else {
+                    return None;
+                };
+                *dropped = true;
+                *close_requested = true;
+                // Whatever the application left unread is consumed now.
+                let mut st = shared.lock();
+                let unread = st.rx_len + std::mem::take(&mut st.unreported);
+                st.rx.clear();
+                st.rx_len = 0;
+                drop(st);
+                s.mux.release(id, unread);
+                s.move_tx(id);
+                s.drain_rx(id);
+                Some(session)
+            }
+            Command::GoAway { session, code } => {
+                let s = self.sessions.get_mut(&session)?;
+                s.mux.goaway(code, "");
+                Some(session)
+            }
+            Command::Ping { session, reply } => {
+                let Some(s) = self.sessions.get_mut(&session) else {
+                    let _ = reply.send(Err(SessionError::ReactorGone));
+                    return None;
+                };
+                match s.mux.ping(now) {
+                    Ok(()) => s.pings.push_back(reply),
+                    Err(_) => {
+                        let _ = reply.send(Err(s.ended_error()));
+                    }
+                }
+                Some(session)
+            }
+            Command::Stats { session, reply } => {
+                let Some(s) = self.sessions.get(&session) else {
+                    let _ = reply.send(Err(SessionError::ReactorGone));
+                    return None;
+                };
+                let (mut handle_rx, mut handle_tx) = (0, 0);
+                for e in s.endpoints.values() {
+                    if let Endpoint::Handle { shared, .. } = e {
+                        let st = shared.lock();
+                        handle_rx += st.rx_len;
+                        handle_tx += st.tx_len;
+                    }
+                }
+                let stats = SessionStats {
+                    counters: s.mux.counters(),
+                    buffered: s.mux.buffered(),
+                    handle_rx,
+                    handle_tx,
+                    streams: s.mux.stream_count(),
+                };
+                let _ = reply.send(Ok(stats));
+                None
+            }
+        }
+    }
+
+    fn insert_session(
+        &mut self,
+        link: Link,
+        config: Config,
+        incoming: Option<Sender<Incoming>>,
+        shared: Arc<SessionShared>,
+        port: Option<PortEntry>,
+    ) -> io::Result<SessionId> {
+        let sid = self.next_session;
+        self.next_session += 1;
+        let token = self.token(Owner::Link(sid));
+        let fd = link.as_raw_fd();
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&fd),
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            self.tokens.remove(&token);
+            return Err(e);
+        }
+        let mux = Mux::new(config, self.clock.now());
+        log::debug!("session {sid} started on {} ({})", link.peer(), link.kind());
+        let entry = SessionEntry {
+            sid,
+            handle: self.handle.clone(),
+            released_tokens: Vec::new(),
+            link,
+            token,
+            mux,
+            shared,
+            incoming,
+            endpoints: HashMap::new(),
+            pending_opens: HashMap::new(),
+            pings: VecDeque::new(),
+            readable: true,
+            writable: true,
+            write_interest: true,
+            port,
+            link_down: false,
+        };
+        self.sessions.insert(sid, entry);
+        Ok(sid)
+    }
+
+    /// Starts a session on a port and hands its handle to the port's owner.
+    fn start_port_session(
+        &mut self,
+        link: Link,
+        config: Config,
+        port: PortEntry,
+    ) -> io::Result<SessionId> {
+        let (incoming_tx, incoming_rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(SessionShared::default());
+        let sessions = port.sessions.clone();
+        let sid =
+            self.insert_session(link, config, Some(incoming_tx), shared.clone(), Some(port))?;
+        let session = Session {
+            id: sid,
+            reactor: self.handle.clone(),
+            incoming: incoming_rx,
+            shared,
+        };
+        if sessions.send(session).is_err() {
+            log::debug!("nobody takes sessions from this port any more");
+        }
+        Ok(sid)
+    }
+
+    fn accept_all(&mut self, lid: usize) {
+        loop {
+            let Some((_, entry)) = self.listeners.get_mut(&lid) else {
+                return;
+            };
+            let link = match entry.listener.accept_link() {
+                Ok(Some(link)) => link,
+                Ok(None) => return,
+                Err(e) => {
+                    log::warn!("accept failed: {e}");
+                    return;
+                }
+            };
+            let config = (entry.make_config)(&link);
+            let sessions = entry.sessions.clone();
+            let (incoming_tx, incoming_rx) = crossbeam_channel::unbounded();
+            let shared = Arc::new(SessionShared::default());
+            match self.insert_session(link, config, Some(incoming_tx), shared.clone(), None) {
+                Ok(sid) => {
+                    let session = Session {
+                        id: sid,
+                        reactor: self.handle.clone(),
+                        incoming: incoming_rx,
+                        shared,
+                    };
+                    if sessions.send(session).is_err() {
+                        log::debug!("listener's owner is gone; closing the listener");
+                        if let Some((token, entry)) = self.listeners.remove(&lid) {
+                            let fd = entry.listener.as_raw_fd();
+                            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+                            self.tokens.remove(&token);
+                        }
+                    }
+                    self.drive(sid);
+                }
+                Err(e) => log::warn!("could not register an accepted link: {e}"),
+            }
+        }
+    }
+
+    fn accept_stream(&mut self, sid: SessionId, id: StreamId, reply: &[u8], endpoint: AcceptAs) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            if let AcceptAs::Handle(shared) = endpoint {
+                shared.fail(SessionError::ReactorGone);
+            }
+            return;
+        };
+        if let Err(e) = s.mux.accept(id, reply) {
+            let err = match s.mux.termination() {
+                Some(t) => SessionError::Ended(t.clone()),
+                None => SessionError::Invalid(e.to_string()),
+            };
+            match endpoint {
+                AcceptAs::Handle(shared) => shared.fail(err),
+                AcceptAs::Pump(spec) => {
+                    if let Some(done) = spec.done {
+                        let _ = done.send(PumpDone {
+                            session: sid,
+                            stream: id,
+                            bytes_sent: 0,
+                            bytes_received: 0,
+                            result: Err(err),
+                        });
+                    }
+                }
+            }
+            return;
+        }
+        match endpoint {
+            AcceptAs::Handle(shared) => {
+                s.endpoints.insert(
+                    id,
+                    Endpoint::Handle {
+                        shared,
+                        dropped: false,
+                        close_requested: false,
+                    },
+                );
+            }
+            AcceptAs::Pump(spec) => {
+                let from = spec.from_fd.map(|fd| {
+                    self.register_pump_fd(fd, Owner::PumpFrom(sid, id), Interest::READABLE)
+                });
+                let to = spec.to_fd.map(|fd| {
+                    self.register_pump_fd(fd, Owner::PumpTo(sid, id), Interest::WRITABLE)
+                });
+                let Some(s) = self.sessions.get_mut(&sid) else {
+                    return;
+                };
+                let from_done = from.is_none();
+                if from_done {
+                    let _ = s.mux.close(id);
+                }
+                let pump = Pump {
+                    from,
+                    to,
+                    to_pending: VecDeque::new(),
+                    to_head: 0,
+                    peer_closed: false,
+                    from_done,
+                    mux_closed: false,
+                    sent: 0,
+                    received: 0,
+                    done: spec.done,
+                };
+                s.endpoints.insert(id, Endpoint::Pump(Box::new(pump)));
+                self.busy = true;
+            }
+        }
+    }
+
+    fn register_pump_fd(&mut self, fd: OwnedFd, owner: Owner, interest: Interest) -> PumpFd {
+        let _ = set_nonblocking(fd.as_fd());
+        let token = self.token(owner);
+        let raw = fd.as_raw_fd();
+        match self
+            .poll
+            .registry()
+            .register(&mut SourceFd(&raw), token, interest)
+        {
+            Ok(()) => PumpFd {
+                fd,
+                token: Some(token),
+                ready: true,
+            },
+            Err(_) => {
+                // Regular files cannot be polled (EPERM): they are always ready.
+                self.tokens.remove(&token);
+                PumpFd {
+                    fd,
+                    token: None,
+                    ready: true,
+                }
+            }
+        }
+    }
+
+    fn mark_pump_ready(&mut self, sid: SessionId, id: StreamId, token: Token) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if let Some(Endpoint::Pump(p)) = s.endpoints.get_mut(&id) {
+            for side in [p.from.as_mut(), p.to.as_mut()].into_iter().flatten() {
+                if side.token == Some(token) {
+                    side.ready = true;
+                }
+            }
+        }
+    }
+
+    /// Moves everything that can move for one session, then retires it if it is over.
+    fn drive(&mut self, sid: SessionId) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let mut buf = std::mem::take(&mut self.read_buf);
+        let now = self.clock.now();
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            let mut progress = false;
+            if s.readable && !s.link_down {
+                progress |= s.read_link(&mut buf, now);
+            }
+            progress |= s.process_events();
+            progress |= s.run_pumps(&mut buf, &mut self.busy);
+            progress |= s.process_events();
+            if s.writable {
+                progress |= s.flush();
+            }
+            progress |= s.process_events();
+            if !progress || rounds > 64 {
+                break;
+            }
+        }
+        self.read_buf = buf;
+        for t in s.released_tokens.drain(..) {
+            self.tokens.remove(&t);
+        }
+        let wants_write = s.mux.wants_to_write();
+        if wants_write != s.write_interest && !s.link_down {
+            let interest = if wants_write {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let fd = s.link.as_raw_fd();
+            if self
+                .poll
+                .registry()
+                .reregister(&mut SourceFd(&fd), s.token, interest)
+                .is_ok()
+            {
+                s.write_interest = wants_write;
+            }
+        }
+        let over = s.mux.phase() == Phase::Terminated && (s.link_down || !s.mux.wants_to_write());
+        if over {
+            self.retire(sid);
+        }
+    }
+
+    /// Removes an ended session; a port starts a fresh session on the same fd.
+    fn retire(&mut self, sid: SessionId) {
+        let Some(mut s) = self.sessions.remove(&sid) else {
+            return;
+        };
+        let termination = s.mux.termination().cloned().unwrap_or(Termination {
+            code: ErrorCode::LINK_LOST,
+            message: "session retired".into(),
+            by_peer: false,
+        });
+        s.finish(&termination);
+        self.tokens.remove(&s.token);
+        for endpoint in s.endpoints.values() {
+            if let Endpoint::Pump(p) = endpoint {
+                for side in [p.from.as_ref(), p.to.as_ref()].into_iter().flatten() {
+                    self.deregister_pump_fd(side);
+                }
+            }
+        }
+        let fd = s.link.as_raw_fd();
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        log::debug!("session {sid} over: {termination}");
+        if let Some(mut port) = s.port.take() {
+            let config = (port.make_config)(&s.link);
+            match self.start_port_session(s.link, config, port) {
+                Ok(new_sid) => {
+                    // A port whose peer is absent reports EOF at once; wait for its next event.
+                    if let Some(n) = self.sessions.get_mut(&new_sid) {
+                        n.readable = false;
+                    }
+                }
+                Err(e) => log::error!("could not restart the session on the port: {e}"),
+            }
+        }
+    }
+
+    fn deregister_pump_fd(&self, side: &PumpFd) {
+        if side.token.is_some() {
+            let raw = side.fd.as_raw_fd();
+            let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
+        }
+    }
+
+    fn shutdown_all(&mut self) {
+        let sids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for sid in sids {
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.port = None;
+                s.mux
+                    .goaway(ErrorCode::GOING_AWAY, "the event loop is shutting down");
+                s.process_events();
+                // Best effort: the final GOAWAY goes out if the link takes it now.
+                s.flush();
+                s.process_events();
+            }
+            self.retire(sid);
+        }
+    }
+}
+
+impl SessionEntry {
+    fn ended_error(&self) -> SessionError {
+        match self.mux.termination() {
+            Some(t) => SessionError::Ended(t.clone()),
+            None => SessionError::ReactorGone,
+        }
+    }
+
+    /// Reads the link until it would block; returns whether anything was read.
+    fn read_link(&mut self, buf: &mut [u8], now: crate::time::Instant) -> bool {
+        let mut any = false;
+        loop {
+            match self.link.read(buf) {
+                Ok(0) => {
+                    self.readable = false;
+                    self.on_link_eof();
+                    return any;
+                }
+                Ok(n) => {
+                    any = true;
+                    self.mux.handle_input(now, &buf[..n]);
+                    if self.mux.phase() == Phase::Terminated {
+                        self.readable = true;
+                        return true;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    return any;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.readable = false;
+                    self.link_down = true;
+                    self.mux
+                        .link_lost(&format!("reading {}: {e}", self.link.peer()));
+                    return true;
+                }
+            }
+        }
+    }
+
+    fn on_link_eof(&mut self) {
+        let waiting_for_peer = self.port.is_some() && self.mux.phase() == Phase::AwaitingHello;
+        if waiting_for_peer {
+            // A virtio-serial port with no host: nothing to lose, wait for the next event.
+            return;
+        }
+        if self.link.kind() != LinkKind::VirtioSerial {
+            self.link_down = true;
+        }
+        self.mux
+            .link_lost(&format!("{} closed the link", self.link.peer()));
+    }
+
+    /// Writes what the mux has built until the link would block; returns whether any was written.
+    fn flush(&mut self) -> bool {
+        let mut any = false;
+        loop {
+            let out = self.mux.poll_transmit();
+            if out.is_empty() {
+                return any;
+            }
+            match self.link.write(out) {
+                Ok(0) => return any,
+                Ok(n) => {
+                    any = true;
+                    self.mux.advance_output(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.writable = false;
+                    return any;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.writable = false;
+                    if self.link.kind() == LinkKind::VirtioSerial && self.port.is_some() {
+                        // No host: keep the bytes until one connects.
+                        return any;
+                    }
+                    self.link_down = true;
+                    self.mux
+                        .link_lost(&format!("writing {}: {e}", self.link.peer()));
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// Turns mux events into handle updates; returns whether there were any.
+    fn process_events(&mut self) -> bool {
+        let mut any = false;
+        while let Some(event) = self.mux.poll_event() {
+            any = true;
+            self.on_event(event);
+        }
+        any
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Established { .. } => {
+                self.shared.lock().established = true;
+                self.shared.cond.notify_all();
+            }
+            Event::Incoming { id, service, args } => {
+                let incoming = Incoming {
+                    service,
+                    args,
+                    id,
+                    session: self.sid,
+                    reactor: self.handle.clone(),
+                    answered: false,
+                };
+                let undelivered = match &self.incoming {
+                    Some(tx) => tx.send(incoming).err().map(|e| e.into_inner()),
+                    None => Some(incoming),
+                };
+                if let Some(mut incoming) = undelivered {
+                    incoming.answered = true;
+                    let _ = self.mux.reject(
+                        id,
+                        ErrorCode::UNKNOWN_SERVICE,
+                        "this side accepts no streams",
+                    );
+                }
+            }
+            Event::Accepted { id, reply } => {
+                if let Some((shared, tx)) = self.pending_opens.remove(&id) {
+                    self.endpoints.insert(
+                        id,
+                        Endpoint::Handle {
+                            shared,
+                            dropped: false,
+                            close_requested: false,
+                        },
+                    );
+                    if tx.send(Ok((id, reply))).is_err() {
+                        // The opener gave up waiting: behave as if it dropped the stream.
+                        self.drop_handle(id);
+                    }
+                }
+            }
+            Event::Refused { id, code, message } => {
+                if let Some((_, tx)) = self.pending_opens.remove(&id) {
+                    let _ = tx.send(Err(SessionError::Refused { code, message }));
+                }
+            }
+            Event::Readable { id } => self.drain_rx(id),
+            Event::Writable { id } => self.move_tx(id),
+            Event::PeerClosed { id } => match self.endpoints.get_mut(&id) {
+                Some(Endpoint::Handle { shared, .. }) => {
+                    let mut st = shared.lock();
+                    if matches!(st.rx_end, RxEnd::Open) {
+                        st.rx_end = RxEnd::Eof;
+                    }
+                    drop(st);
+                    shared.cond.notify_all();
+                }
+                Some(Endpoint::Pump(p)) => p.peer_closed = true,
+                None => {}
+            },
+            Event::Reset {
+                id,
+                code,
+                message,
+                by_peer,
+            } => {
+                let error = SessionError::Reset {
+                    code,
+                    message,
+                    by_peer,
+                };
+                if let Some((shared, tx)) = self.pending_opens.remove(&id) {
+                    shared.fail(error.clone());
+                    let _ = tx.send(Err(error));
+                    return;
+                }
+                match self.endpoints.remove(&id) {
+                    Some(Endpoint::Handle { shared, .. }) => shared.fail(error),
+                    Some(Endpoint::Pump(p)) => self.finish_pump(id, *p, Err(error)),
+                    None => {}
+                }
+            }
+            Event::Closed { id } => match self.endpoints.remove(&id) {
+                Some(Endpoint::Handle { shared, .. }) => {
+                    // Both directions ended; the handle keeps its buffered bytes and EOF.
+                    let mut st = shared.lock();
+                    if matches!(st.rx_end, RxEnd::Open) {
+                        st.rx_end = RxEnd::Eof;
+                    }
+                    drop(st);
+                    shared.cond.notify_all();
+                }
+                Some(Endpoint::Pump(mut p)) => {
+                    p.mux_closed = true;
+                    if p.to_pending.is_empty() {
+                        self.finish_pump(id, *p, Ok(()));
+                    } else {
+                        self.endpoints.insert(id, Endpoint::Pump(p));
+                    }
+                }
+                None => {}
+            },
+            Event::GoAway { .. } => {
+                self.shared.lock().going_away = true;
+                self.shared.cond.notify_all();
+            }
+            Event::Pong { rtt } => {
+                if let Some(tx) = self.pings.pop_front() {
+                    let _ = tx.send(Ok(rtt));
+                }
+            }
+            Event::Terminated(t) => self.finish(&t),
+        }
+    }
+
+    /// Fails everything still waiting on this session and records why it ended.
+    fn finish(&mut self, t: &Termination) {
+        let error = SessionError::Ended(t.clone());
+        for (_, (shared, tx)) in self.pending_opens.drain() {
+            shared.fail(error.clone());
+            let _ = tx.send(Err(error.clone()));
+        }
+        for tx in self.pings.drain(..) {
+            let _ = tx.send(Err(error.clone()));
+        }
+        let ids: Vec<StreamId> = self.endpoints.keys().copied().collect();
+        for id in ids {
+            match self.endpoints.remove(&id) {
+                Some(Endpoint::Handle { shared, .. }) => shared.fail(error.clone()),
+                Some(Endpoint::Pump(p)) => self.finish_pump(id, *p, Err(error.clone())),
+                None => {}
+            }
+        }
+        // No new incoming stream can come: let acceptors see the end.
+        self.incoming = None;
+        let mut st = self.shared.lock();
+        if st.ended.is_none() {
+            st.ended = Some(t.clone());
+        }
+        drop(st);
+        self.shared.cond.notify_all();
+    }
+
+    fn drop_handle(&mut self, id: StreamId) {
+        if let Some(Endpoint::Handle {
+            dropped,
+            close_requested,
+            ..
+        }) = self.endpoints.get_mut(&id)
+        {
+            *dropped = true;
+            *close_requested = true;
+        }
+        self.move_tx(id);
+        self.drain_rx(id);
+    }
+
+    /// Moves received chunks from the mux to the stream's consumer.
+    fn drain_rx(&mut self, id: StreamId) {
+        match self.endpoints.get_mut(&id) {
+            Some(Endpoint::Handle {
+                shared,
+                dropped: false,
+                ..
+            }) => {
+                let shared = shared.clone();
+                let mut st = shared.lock();
+                let mut any = false;
+                while let Some(chunk) = self.mux.recv(id) {
+                    st.rx_len += chunk.len();
+                    st.rx.push_back(chunk);
+                    any = true;
+                }
+                drop(st);
+                if any {
+                    shared.cond.notify_all();
+                }
+            }
+            Some(Endpoint::Handle { dropped: true, .. }) => {
+                while let Some(chunk) = self.mux.recv(id) {
+                    self.mux.release(id, chunk.len());
+                }
+            }
+            Some(Endpoint::Pump(p)) => {
+                if p.to.is_some() {
+                    while let Some(chunk) = self.mux.recv(id) {
+                        p.to_pending.push_back(chunk);
+                    }
+                } else {
+                    while let Some(chunk) = self.mux.recv(id) {
+                        p.received += chunk.len() as u64;
+                        self.mux.release(id, chunk.len());
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Moves a handle's queued writes into the mux as far as credit allows.
+    fn move_tx(&mut self, id: StreamId) {
+        let Some(Endpoint::Handle {
+            shared,
+            close_requested,
+            ..
+        }) = self.endpoints.get(&id)
+        else {
+            return;
+        };
+        let shared = shared.clone();
+        let close_requested = *close_requested;
+        let mut st = shared.lock();
+        st.tx_notified = false;
+        let mut moved = false;
+        while let Some(mut chunk) = st.tx.pop_front() {
+            let cap = self.mux.send_capacity(id);
+            if cap == 0 {
+                st.tx.push_front(chunk);
+                break;
+            }
+            let n = chunk.len().min(cap);
+            if n == chunk.len() {
+                if let Err(back) = self.mux.send_owned(id, chunk) {
+                    st.tx.push_front(back.data);
+                    break;
+                }
+            } else {
+                let _ = self.mux.send(id, &chunk[..n]);
+                chunk.drain(..n);
+                st.tx.push_front(chunk);
+            }
+            st.tx_len -= n;
+            moved = true;
+        }
+        let shut = matches!(st.tx_end, TxEnd::Shut) || close_requested;
+        let close_now = shut && st.tx.is_empty();
+        drop(st);
+        if moved {
+            shared.cond.notify_all();
+        }
+        if close_now {
+            let _ = self.mux.close(id);
+        }
+    }
+
+    /// Moves bytes between pumps' fds and their streams; returns whether anything moved.
+    fn run_pumps(&mut self, buf: &mut [u8], busy: &mut bool) -> bool {
+        let ids: Vec<StreamId> = self
+            .endpoints
+            .iter()
+            .filter(|(_, e)| matches!(e, Endpoint::Pump(_)))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut progress = false;
+        for id in ids {
+            let Some(Endpoint::Pump(mut p)) = self.endpoints.remove(&id) else {
+                continue;
+            };
+            progress |= self.pump_from_fd(id, &mut p, buf, busy);
+            progress |= self.pump_to_fd(id, &mut p, busy);
+            let to_done = p.to.is_none() || (p.peer_closed && p.to_pending.is_empty());
+            if p.peer_closed && p.to_pending.is_empty() {
+                if let Some(to) = p.to.take() {
+                    // Closing the fd is the EOF for whoever reads the other end (a process's
+                    // stdin); epoll forgets a closed fd by itself.
+                    self.release_token(to.token);
+                }
+            }
+            if p.mux_closed && to_done {
+                self.finish_pump(id, *p, Ok(()));
+            } else {
+                self.endpoints.insert(id, Endpoint::Pump(p));
+            }
+        }
+        progress
+    }
+
+    fn release_token(&mut self, token: Option<Token>) {
+        if let Some(t) = token {
+            self.released_tokens.push(t);
+        }
+    }
+
+    /// Reads from a pump's source fd into its stream while credit lasts.
+    fn pump_from_fd(
+        &mut self,
+        id: StreamId,
+        p: &mut Pump,
+        buf: &mut [u8],
+        busy: &mut bool,
+    ) -> bool {
+        let mut progress = false;
+        let Some(from) = p.from.as_mut() else {
+            return false;
+        };
+        let mut turns = 0;
+        while from.ready && !p.from_done {
+            let cap = self.mux.send_capacity(id).min(PUMP_CHUNK).min(buf.len());
+            if cap == 0 {
+                break;
+            }
+            if from.token.is_none() {
+                // Always-ready fd: a bounded amount per loop turn, then let others run.
+                turns += 1;
+                if turns > 4 {
+                    *busy = true;
+                    break;
+                }
+            }
+            match nix::unistd::read(from.fd.as_fd(), &mut buf[..cap]) {
+                Ok(0) => {
+                    p.from_done = true;
+                    let _ = self.mux.close(id);
+                    progress = true;
+                }
+                Ok(n) => {
+                    let _ = self.mux.send_owned(id, buf[..n].to_vec());
+                    p.sent += n as u64;
+                    progress = true;
+                }
+                Err(nix::errno::Errno::EAGAIN) => from.ready = false,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    log::debug!("pump read on stream {id}: {e}");
+                    p.from_done = true;
+                    let _ = self.mux.reset(
+                        id,
+                        ErrorCode::INTERNAL,
+                        &format!("reading the source: {e}"),
+                    );
+                    progress = true;
+                }
+            }
+        }
+        if p.from_done {
+            if let Some(from) = p.from.take() {
+                self.release_token(from.token);
+            }
+        }
+        progress
+    }
+
+    /// Writes a pump's received bytes into its sink fd, releasing credit as they go.
+    fn pump_to_fd(&mut self, id: StreamId, p: &mut Pump, busy: &mut bool) -> bool {
+        let mut progress = false;
+        if p.to.is_some() && p.to_pending.is_empty() {
+            while let Some(chunk) = self.mux.recv(id) {
+                p.to_pending.push_back(chunk);
+            }
+        }
+        let Some(to) = p.to.as_mut() else {
+            return false;
+        };
+        while to.ready {
+            let Some(front) = p.to_pending.front() else {
+                break;
+            };
+            match nix::unistd::write(to.fd.as_fd(), &front[p.to_head..]) {
+                Ok(n) => {
+                    progress = true;
+                    p.to_head += n;
+                    p.received += n as u64;
+                    self.mux.release(id, n);
+                    if p.to_head == front.len() {
+                        p.to_pending.pop_front();
+                        p.to_head = 0;
+                        if p.to_pending.is_empty() {
+                            while let Some(chunk) = self.mux.recv(id) {
+                                p.to_pending.push_back(chunk);
+                            }
+                        }
+                    }
+                    if to.token.is_none() && n > 0 {
+                        *busy |= !p.to_pending.is_empty();
+                    }
+                }
+                Err(nix::errno::Errno::EAGAIN) => to.ready = false,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    log::debug!("pump write on stream {id}: {e}");
+                    let _ =
+                        self.mux
+                            .reset(id, ErrorCode::INTERNAL, &format!("writing the sink: {e}"));
+                    p.to_pending.clear();
+                    p.peer_closed = true;
+                    p.mux_closed = true;
+                    return true;
+                }
+            }
+        }
+        progress
+    }
+
+    fn finish_pump(&mut self, id: StreamId, mut p: Pump, result: Result<(), SessionError>) {
+        for side in [p.from.take(), p.to.take()].into_iter().flatten() {
+            self.release_token(side.token);
+        }
+        if let Some(done) = p.done.take() {
+            let _ = done.send(PumpDone {
+                session: self.sid,
+                stream: id,
+                bytes_sent: p.sent,
+                bytes_received: p.received,
+                result,
+            });
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! The real reactor over `UnixStream::pair`: many concurrent streams, both directions, verified.
+
+use std::io::{Read, Write};
+use std::thread;
+use std::time::Duration;
+use vmux::mux::Config;
+use vmux::reactor::Reactor;
+use vmux::session::{Session, SessionError};
+use vmux::transport::Link;
+use vmux::wire::{ErrorCode, Role};
+
+/// A deterministic pseudo-random byte stream: byte `i` depends only on the seed and `i`, so
+/// any chunking of the stream yields the same bytes.
+struct Prng {
+    seed: u64,
+    pos: u64,
+}
+
+impl Prng {
+    fn new(seed: u64) -> Prng {
+        Prng { seed, pos: 0 }
+    }
+
+    fn block(&self, index: u64) -> [u8; 8] {
+        // splitmix64 of (seed, index)
+        let mut z = self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ index.wrapping_add(0x632B_E59B_D9B4_E019);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)).to_le_bytes()
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let off = (self.pos % 8) as usize;
+            let block = self.block(self.pos / 8);
+            let take = (8 - off).min(buf.len() - filled);
+            buf[filled..filled + take].copy_from_slice(&block[off..off + take]);
+            filled += take;
+            self.pos += take as u64;
+        }
+    }
+}
+
+fn crc_of_stream(seed: u64, len: usize) -> u32 {
+    let mut prng = Prng::new(seed);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut crc = 0u32;
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len());
+        prng.fill(&mut buf[..n]);
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        left -= n;
+    }
+    crc
+}
+
+/// Writes `len` bytes from seed `seed` in uneven writes, then half-closes.
+fn send_pattern(mut out: &vmux::session::Stream, seed: u64, len: usize) {
+    let mut prng = Prng::new(seed);
+    let mut buf = vec![0u8; 100_003];
+    let mut left = len;
+    let mut turn = 0usize;
+    while left > 0 {
+        let n = left.min(1 + (turn * 7919) % buf.len());
+        prng.fill(&mut buf[..n]);
+        out.write_all(&buf[..n]).expect("write");
+        left -= n;
+        turn += 1;
+    }
+    out.shutdown_write().expect("shutdown_write");
+}
+
+/// Reads to EOF, returning (bytes, crc).
+fn receive_all(mut input: &vmux::session::Stream) -> (usize, u32) {
+    let mut buf = vec![0u8; 50_021];
+    let (mut total, mut crc) = (0usize, 0u32);
+    loop {
+        let n = input.read(&mut buf).expect("read");
+        if n == 0 {
+            return (total, crc);
+        }
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        total += n;
+    }
+}
+
+fn pair_sessions(client: Config, server: Config) -> (Reactor, Session, Reactor, Session) {
+    let (a, b) = Link::pair().expect("socketpair");
+    let ra = Reactor::spawn().expect("reactor");
+    let rb = Reactor::spawn().expect("reactor");
+    let sa = ra.add_link(a, client).expect("add link");
+    let sb = rb.add_link(b, server).expect("add link");
+    (ra, sa, rb, sb)
+}
+
+fn configs() -> (Config, Config) {
+    (Config::new(Role::Client, 1), Config::new(Role::Server, 2))
+}
+
+#[test]
+fn sixty_four_streams_move_four_mib_each_way_intact() {
+    const STREAMS: u64 = 64;
+    const LEN: usize = 4 << 20;
+    let (client_cfg, server_cfg) = configs();
+    let (_ra, client, _rb, server) = pair_sessions(client_cfg, server_cfg);
+
+    let server_thread = thread::spawn(move || {
+        thread::scope(|scope| {
+            for _ in 0..STREAMS {
+                let incoming = server.accept().expect("accept");
+                assert_eq!(incoming.service, "pattern");
+                let seed = u64::from_le_bytes(incoming.args[..8].try_into().unwrap());
+                let stream = incoming.accept(b"").expect("accept stream");
+                scope.spawn(move || {
+                    thread::scope(|inner| {
+                        let s = &stream;
+                        inner.spawn(move || send_pattern(s, seed + 1000, LEN));
+                        let (n, crc) = receive_all(s);
+                        assert_eq!(n, LEN);
+                        assert_eq!(
+                            crc,
+                            crc_of_stream(seed, LEN),
+                            "server side of stream seed {seed}"
+                        );
+                    });
+                });
+            }
+        });
+        server
+    });
+
+    thread::scope(|scope| {
+        for seed in 0..STREAMS {
+            let client = &client;
+            scope.spawn(move || {
+                let stream = client.open("pattern", &seed.to_le_bytes()).expect("open");
+                thread::scope(|inner| {
+                    let s = &stream;
+                    inner.spawn(move || send_pattern(s, seed, LEN));
+                    let (n, crc) = receive_all(s);
+                    assert_eq!(n, LEN);
+                    assert_eq!(
+                        crc,
+                        crc_of_stream(seed + 1000, LEN),
+                        "client side of stream seed {seed}"
+                    );
+                });
+            });
+        }
+    });
+    let server = server_thread.join().expect("server thread");
+    let stats = client.stats().expect("stats");
+    assert_eq!(stats.counters.data_out, STREAMS * LEN as u64);
+    assert_eq!(stats.counters.data_in, STREAMS * LEN as u64);
+    let end = client.close().expect("close");
+    assert!(end.is_graceful(), "{end}");
+    assert!(server.wait().is_graceful());
+}
+
+#[test]
+fn slow_reader_keeps_buffers_under_the_window() {
+    let (mut client_cfg, mut server_cfg) = configs();
+    client_cfg.stream_window = 64 << 10;
+    server_cfg.stream_window = 64 << 10;
+    let (_ra, client, _rb, server) = pair_sessions(client_cfg, server_cfg);
+    let writer = thread::spawn(move || {
+        let mut stream = client.open("sink", b"").expect("open");
+        // 8 MiB against a reader that takes nothing for a while: the writer must block.
+        let chunk = vec![0xA5u8; 64 << 10];
+        for _ in 0..128 {
+            stream.write_all(&chunk).expect("write");
+        }
+        stream.shutdown_write().expect("shutdown");
+        client
+    });
+    let incoming = server.accept().expect("accept");
+    let mut stream = incoming.accept(b"").expect("accept");
+    // Give the writer every chance to overrun its credit.
+    thread::sleep(Duration::from_millis(300));
+    let stats = server.stats().expect("stats");
+    let held = stats.buffered.rx + stats.handle_rx;
+    assert!(
+        held <= 64 << 10,
+        "receiver holds {held} bytes with a 64 KiB window"
+    );
+    assert!(stats.buffered.granted <= 64 << 10);
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 7000];
+    let mut max_held = 0;
+    loop {
+        let n = stream.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        assert!(buf[..n].iter().all(|&b| b == 0xA5));
+        total += n;
+        if total % (1 << 20) < 7000 {
+            let s = server.stats().expect("stats");
+            max_held = max_held.max(s.buffered.rx + s.handle_rx + s.buffered.decoder);
+        }
+    }
+    assert_eq!(total, 8 << 20);
+    assert!(
+        max_held <= (64 << 10) + (64 << 10),
+        "receiver held {max_held} bytes"
+    );
+    let client = writer.join().expect("writer");
+    let sender_stats = client.stats().expect("stats");
+    // The sender's queues are bounded by its handle cap plus the peer's credit.
+    assert!(sender_stats.buffered.tx <= 64 << 10);
+}
+
+#[test]
+fn refused_open_reports_the_code_and_message() {
+    let (client_cfg, server_cfg) = configs();
+    let (_ra, client, _rb, server) = pair_sessions(client_cfg, server_cfg);
+    let t = thread::spawn(move || {
+        let incoming = server.accept().expect("accept");
+        incoming
+            .reject(ErrorCode::UNKNOWN_SERVICE, "no such service: nope")
+            .expect("reject");
+        server
+    });
+    match client.open("nope", b"") {
+        Err(SessionError::Refused { code, message }) => {
+            assert_eq!(code, ErrorCode::UNKNOWN_SERVICE);
+            assert_eq!(message, "no such service: nope");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let _server = t.join().unwrap();
+}
+
+#[test]
+fn reset_reaches_the_peer_reader() {
+    let (client_cfg, server_cfg) = configs();
+    let (_ra, client, _rb, server) = pair_sessions(client_cfg, server_cfg);
+    let t = thread::spawn(move || {
+        let mut stream = server
+            .accept()
+            .expect("accept")
+            .accept(b"")
+            .expect("accept");
+        let mut buf = [0u8; 16];
+        let err = stream.read(&mut buf).expect_err("reset");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+        assert!(err.to_string().contains("CANCEL"), "{err}");
+        server
+    });
+    let stream = client.open("x", b"").expect("open");
+    stream.reset(ErrorCode::CANCEL).expect("reset");
+    let _server = t.join().unwrap();
+}
+
+#[test]
+fn ping_measures_a_round_trip() {
+    let (client_cfg, server_cfg) = configs();
+    let (_ra, client, _rb, _server) = pair_sessions(client_cfg, server_cfg);
+    client
+        .wait_established(Duration::from_secs(10))
+        .expect("established");
+    let rtt = client.ping().expect("ping");
+    assert!(rtt < Duration::from_secs(10));
+}
+
+#[test]
+fn peer_closing_the_link_fails_open_streams() {
+    let (client_cfg, server_cfg) = configs();
+    let (_ra, client, rb, server) = pair_sessions(client_cfg, server_cfg);
+    let t = thread::spawn(move || {
+        let _stream = server
+            .accept()
+            .expect("accept")
+            .accept(b"")
+            .expect("accept");
+        // Dropping the reactor ends its sessions and closes the link.
+        drop(rb);
+    });
+    let mut stream = client.open("x", b"").expect("open");
+    t.join().unwrap();
+    let mut buf = [0u8; 4];
+    let err = stream.read(&mut buf).expect_err("link gone");
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+        ),
+        "{err}"
+    );
+    let end = client.wait();
+    assert!(!end.is_graceful());
+}
