@@ -36,11 +36,16 @@ pub fn describe(cmd: &Command) -> String {
 pub fn run(cmd: &mut Command) -> Result<()> {
     let line = describe(cmd);
     println!("  $ {line}");
+    let started = std::time::Instant::now();
     let status = cmd
         .status()
         .context(|| format!("could not start `{line}`"))?;
     if !status.success() {
         return Err(format!("`{line}` failed ({status})"));
+    }
+    let took = started.elapsed();
+    if took.as_secs() >= 1 {
+        println!("  (took {:.1} s)", took.as_secs_f64());
     }
     Ok(())
 }
