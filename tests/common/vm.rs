@@ -7,6 +7,8 @@
 //! sockets only. Each VM gets its own temporary folder for sockets and logs; dropping the [`Vm`] kills QEMU
 //! and vhost-device-vsock by PID and removes the folder (set `VMUX_VM_KEEP=1` to keep it for a post-mortem).
 //! The guest console (ttyS0) is written to `console.log` in that folder; errors quote its tail.
+//! Both processes also get SIGKILL when the thread that booted the VM ends (`PR_SET_PDEATHSIG`), so a
+//! test run killed with Ctrl-C leaves no guest spinning under TCG: boot a [`Vm`] on the thread that owns it.
 //!
 //! Guests run under TCG (no KVM here): a boot takes about 3 s on an idle machine, so every wait takes a
 //! timeout and [`BOOT_TIMEOUT`] is generous for a loaded CI machine.
@@ -15,6 +17,7 @@ use std::fs;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -313,6 +316,7 @@ impl VmBuilder {
             .try_clone()
             .map_err(|e| format!("duplicating a file handle: {e}"))?;
         vm.started = Instant::now();
+        die_with_parent(&mut qemu);
         let child = qemu
             .stdin(Stdio::null())
             .stdout(log)
@@ -337,7 +341,9 @@ fn start_vhost(
     let log2 = log
         .try_clone()
         .map_err(|e| format!("duplicating a file handle: {e}"))?;
-    let mut child = Command::new(&assets.vhost_device_vsock)
+    let mut cmd = Command::new(&assets.vhost_device_vsock);
+    die_with_parent(&mut cmd);
+    let mut child = cmd
         .arg("--vm")
         .arg(format!(
             "guest-cid={GUEST_CID},socket={},uds-path={}",
@@ -640,6 +646,17 @@ fn hybrid_connect(uds: &Path, port: u32, deadline: Instant) -> Result<UnixStream
         .set_read_timeout(None)
         .map_err(|e| format!("clearing the read timeout: {e}"))?;
     Ok(stream)
+}
+
+/// Makes the child get SIGKILL when the spawning thread ends (the harness normally kills it first).
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs between fork and exec and makes only the async-signal-safe prctl call.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
 }
 
 /// Creates a fresh private folder for one VM (short path: unix socket paths are limited to 107 bytes).
