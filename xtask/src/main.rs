@@ -1,1 +1,106 @@
-fn main() {}
+//! Project automation for vmux, run as `cargo xtask <command>` (an alias in `.cargo/config.toml`).
+//!
+//! Each command is one arm of the `match` in [`main`] and one line in [`USAGE`]; to add a command, add both
+//! (and a module if it is more than a few lines). xtask uses the standard library only: it shells out to
+//! apt-get, dpkg and cargo, and writes the initrd itself.
+
+mod assets;
+mod cpio;
+mod elf;
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use util::Result;
+
+/// The help text.
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  vm-assets [--init PATH]  prepare what VM tests need, cached in target/vm-assets/:
+                           host packages (qemu-system-x86, kmod, socat), the Debian cloud
+                           kernel and its virtio/vsock modules, vhost-device-vsock 0.3.0,
+                           static vmux-agent and vmux-shim, initrd.cpio and a manifest.
+                           --init PATH puts the static executable PATH at /init instead
+                           of vmux-agent (run again without it to go back).
+  test [ARGS...]           vm-assets, then `cargo test --workspace ARGS...` with
+                           VMUX_VM_TESTS=1 (VM tests fail instead of skipping)
+  help, --help, -h         show this text
+";
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let command = args.next();
+    let rest: Vec<String> = args.collect();
+    let result = match command.as_deref() {
+        None | Some("help" | "--help" | "-h") => {
+            print!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("vm-assets") => vm_assets(&rest).map(|_| ExitCode::SUCCESS),
+        Some("test") => test(&rest),
+        Some(other) => Err(format!("unknown command `{other}`\n\n{USAGE}")),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (the parent of this crate's folder).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one folder below the workspace root")
+        .to_path_buf()
+}
+
+/// `cargo xtask vm-assets [--init PATH]`.
+fn vm_assets(args: &[String]) -> Result<()> {
+    let mut opts = assets::Options::default();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--init" => {
+                let path = args.next().ok_or("--init needs a path")?;
+                opts.init = Some(PathBuf::from(path));
+            }
+            _ if arg.starts_with("--init=") => {
+                opts.init = Some(PathBuf::from(&arg["--init=".len()..]));
+            }
+            "--help" | "-h" => {
+                print!("{USAGE}");
+                return Ok(());
+            }
+            other => return Err(format!("vm-assets: unknown option `{other}`")),
+        }
+    }
+    assets::vm_assets(&workspace_root(), &opts).map(drop)
+}
+
+/// `cargo xtask test [ARGS...]`: assets, then the whole workspace's tests with VM tests required.
+fn test(args: &[String]) -> Result<ExitCode> {
+    if args.iter().any(|a| a == "--help" || a == "-h") && !args.iter().any(|a| a == "--") {
+        print!("{USAGE}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    assets::vm_assets(&workspace_root(), &assets::Options::default())?;
+    let mut cmd = util::cargo();
+    cmd.current_dir(workspace_root())
+        .env("VMUX_VM_TESTS", "1")
+        .args(["test", "--workspace"])
+        .args(args);
+    println!("xtask: running {} (VMUX_VM_TESTS=1)", util::describe(&cmd));
+    let status = cmd
+        .status()
+        .map_err(|e| format!("could not start cargo test: {e}"))?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
