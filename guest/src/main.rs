@@ -29,18 +29,24 @@ fn run_as_init() -> ! {
     power::install_panic_hook();
     // Lines logged before /dev is mounted go to the console through stderr.
     let _ = logger::init(Sink::Kmsg, DEFAULT_LOG_LEVEL);
-    pid1::setup();
+    let mounts = pid1::setup();
     let mut settings = Settings::default();
     pid1::read_cmdline(&mut settings);
     apply_init_argv(&mut settings);
     let settings = settings.resolve(true).unwrap_or_else(|err| fatal(err));
     logger::set_level(settings.log_level);
+    pid1::log_mounts(&mounts);
     pid1::load_modules(&settings);
     let children = ChildSignals::install()
         .unwrap_or_else(|errno| fatal(format_args!("cannot watch children: {}", errno.desc())));
     announce(&settings);
+    // Boot-test hooks: prove that setup completes, and that a panic powers off instead of
+    // killing init.
     if settings.test_mode_is("poweroff") {
         power::shutdown(PowerAction::PowerOff);
+    }
+    if settings.test_mode_is("panic") {
+        panic!("vmux.test=panic");
     }
     serve(&settings, &children);
     // The services ended (or none are wired yet): keep reaping orphans, as init must.

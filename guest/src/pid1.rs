@@ -21,16 +21,14 @@ pub fn is_pid1() -> bool {
     nix::unistd::getpid().as_raw() == 1
 }
 
-/// Mounts file systems, fixes the standard descriptors and `/dev` links, sets `PATH`; logs each step.
+/// Mounts file systems, fixes the standard descriptors and `/dev` links, sets `PATH`.
 ///
-/// Call only when [`is_pid1`], before any thread is spawned (it may set an environment variable).
-pub fn setup() {
-    for report in mounts::mount_all(mounts::ESSENTIAL_MOUNTS) {
-        match report.result {
-            Ok(_) => log::debug!("{report}"),
-            Err(_) => log::error!("{report}"),
-        }
-    }
+/// Returns the mount reports for [`log_mounts`], to be logged once the log level from the kernel
+/// command line is known (it can only be read after `/proc` is mounted); other problems are
+/// logged as warnings at once. Call only when [`is_pid1`], before any thread is spawned (it may
+/// set an environment variable).
+pub fn setup() -> Vec<mounts::MountReport> {
+    let reports = mounts::mount_all(mounts::ESSENTIAL_MOUNTS);
     if let Err(err) = mounts::ensure_std_fds() {
         log::warn!("no console for stdin/stdout/stderr: {err}");
     }
@@ -39,6 +37,17 @@ pub fn setup() {
     }
     if std::env::var_os("PATH").is_none() {
         std::env::set_var("PATH", DEFAULT_PATH);
+    }
+    reports
+}
+
+/// Logs mount reports: successes at debug level, failures as errors.
+pub fn log_mounts(reports: &[mounts::MountReport]) {
+    for report in reports {
+        match report.result {
+            Ok(_) => log::debug!("{report}"),
+            Err(_) => log::error!("{report}"),
+        }
     }
 }
 

@@ -26,7 +26,8 @@ pub struct SysInfo {
     pub boot_id: Option<String>,
     /// Whether the agent is PID 1.
     pub pid1: bool,
-    /// CPU time the agent has used, user plus system.
+    /// CPU time the agent has used, user plus system (as PID 1 this includes the kernel's own
+    /// boot work done by the init task before it ran the agent).
     pub cpu_time: Option<Duration>,
     /// The agent's resident memory in bytes (`VmRSS`).
     pub rss_bytes: Option<u64>,
