@@ -17,8 +17,8 @@
 
 use crate::mux::{Config, Event, Mux, Phase, StreamId, Termination};
 use crate::session::{
-    Incoming, PumpDone, PumpSpec, RxEnd, Session, SessionError, SessionShared, SessionStats,
-    StreamShared, TxEnd,
+    ChannelEvent, ChannelEventKind, Incoming, PumpDone, PumpSpec, RxEnd, Session, SessionError,
+    SessionShared, SessionStats, StreamShared, TxEnd,
 };
 use crate::time::Clock;
 use crate::transport::{set_nonblocking, Link, LinkKind, UnixLinkListener};
@@ -46,6 +46,8 @@ const PUMP_CHUNK: usize = 64 << 10;
 const HANDLE_TX_CAP: usize = 256 << 10;
 /// A reader reports consumption to the reactor every this many bytes (and before it waits).
 const HANDLE_REPORT_EVERY: usize = 32 << 10;
+/// Most bytes a channel stream may queue for sending before it is reset with OVERLOAD.
+const CHANNEL_TX_CAP: usize = 1 << 20;
 
 /// Errors of the reactor layer.
 #[derive(Debug)]
@@ -102,6 +104,8 @@ pub(crate) enum AcceptAs {
     Handle(Arc<StreamShared>),
     /// By a pump between the stream and fds.
     Pump(PumpSpec),
+    /// By the application's own loop, through a channel of events.
+    Channel(Sender<ChannelEvent>),
 }
 
 /// Where the answer to an OPEN goes: the stream id and the peer's reply bytes, or why not.
@@ -151,6 +155,11 @@ pub(crate) enum Command {
         session: SessionId,
         id: StreamId,
     },
+    Send {
+        session: SessionId,
+        id: StreamId,
+        data: Vec<u8>,
+    },
     Consumed {
         session: SessionId,
         id: StreamId,
@@ -194,6 +203,7 @@ impl fmt::Debug for Command {
             Command::Accept { .. } => "Accept",
             Command::Reject { .. } => "Reject",
             Command::Tx { .. } => "Tx",
+            Command::Send { .. } => "Send",
             Command::Consumed { .. } => "Consumed",
             Command::CloseWrite { .. } => "CloseWrite",
             Command::Reset { .. } => "Reset",
@@ -396,6 +406,9 @@ struct Pump {
     mux_closed: bool,
     sent: u64,
     received: u64,
+    crc: bool,
+    crc_sent: u32,
+    crc_received: u32,
     done: Option<Sender<PumpDone>>,
 }
 
@@ -407,6 +420,13 @@ enum Endpoint {
         close_requested: bool,
     },
     Pump(Box<Pump>),
+    /// Served by the application's loop through a channel.
+    Channel {
+        events: Sender<ChannelEvent>,
+        tx: VecDeque<Vec<u8>>,
+        tx_len: usize,
+        close_requested: bool,
+    },
 }
 
 struct SessionEntry {
@@ -679,6 +699,29 @@ impl Core {
                 s.move_tx(id);
                 Some(session)
             }
+            Command::Send { session, id, data } => {
+                let s = self.sessions.get_mut(&session)?;
+                if let Some(Endpoint::Channel { tx, tx_len, .. }) = s.endpoints.get_mut(&id) {
+                    *tx_len += data.len();
+                    tx.push_back(data);
+                    if *tx_len > CHANNEL_TX_CAP {
+                        let _ =
+                            s.mux
+                                .reset(id, ErrorCode::OVERLOAD, "channel send queue over 1 MiB");
+                        if let Some(Endpoint::Channel { events, .. }) = s.endpoints.remove(&id) {
+                            let error = SessionError::Reset {
+                                code: ErrorCode::OVERLOAD,
+                                message: "send queue over 1 MiB".into(),
+                                by_peer: false,
+                            };
+                            let _ = events
+                                .send(s.channel_event(id, ChannelEventKind::Ended(Err(error))));
+                        }
+                    }
+                }
+                s.move_tx(id);
+                Some(session)
+            }
             Command::Consumed { session, id, n } => {
                 let s = self.sessions.get_mut(&session)?;
                 s.mux.release(id, n);
@@ -686,11 +729,14 @@ impl Core {
             }
             Command::CloseWrite { session, id } => {
                 let s = self.sessions.get_mut(&session)?;
-                if let Some(Endpoint::Handle {
-                    close_requested, ..
-                }) = s.endpoints.get_mut(&id)
-                {
-                    *close_requested = true;
+                match s.endpoints.get_mut(&id) {
+                    Some(Endpoint::Handle {
+                        close_requested, ..
+                    }) => *close_requested = true,
+                    Some(Endpoint::Channel {
+                        close_requested, ..
+                    }) => *close_requested = true,
+                    _ => {}
                 }
                 s.move_tx(id);
                 Some(session)
@@ -891,6 +937,13 @@ impl Core {
             };
             match endpoint {
                 AcceptAs::Handle(shared) => shared.fail(err),
+                AcceptAs::Channel(events) => {
+                    let _ = events.send(ChannelEvent {
+                        session: sid,
+                        stream: id,
+                        kind: ChannelEventKind::Ended(Err(err)),
+                    });
+                }
                 AcceptAs::Pump(spec) => {
                     if let Some(done) = spec.done {
                         let _ = done.send(PumpDone {
@@ -898,6 +951,8 @@ impl Core {
                             stream: id,
                             bytes_sent: 0,
                             bytes_received: 0,
+                            crc_sent: 0,
+                            crc_received: 0,
                             result: Err(err),
                         });
                     }
@@ -906,6 +961,17 @@ impl Core {
             return;
         }
         match endpoint {
+            AcceptAs::Channel(events) => {
+                s.endpoints.insert(
+                    id,
+                    Endpoint::Channel {
+                        events,
+                        tx: VecDeque::new(),
+                        tx_len: 0,
+                        close_requested: false,
+                    },
+                );
+            }
             AcceptAs::Handle(shared) => {
                 s.endpoints.insert(
                     id,
@@ -940,6 +1006,9 @@ impl Core {
                     mux_closed: false,
                     sent: 0,
                     received: 0,
+                    crc: spec.crc,
+                    crc_sent: 0,
+                    crc_received: 0,
                     done: spec.done,
                 };
                 s.endpoints.insert(id, Endpoint::Pump(Box::new(pump)));
@@ -1259,6 +1328,13 @@ impl SessionEntry {
                     shared.cond.notify_all();
                 }
                 Some(Endpoint::Pump(p)) => p.peer_closed = true,
+                Some(Endpoint::Channel { events, .. }) => {
+                    let _ = events.send(ChannelEvent {
+                        session: self.sid,
+                        stream: id,
+                        kind: ChannelEventKind::PeerClosed,
+                    });
+                }
                 None => {}
             },
             Event::Reset {
@@ -1280,6 +1356,10 @@ impl SessionEntry {
                 match self.endpoints.remove(&id) {
                     Some(Endpoint::Handle { shared, .. }) => shared.fail(error),
                     Some(Endpoint::Pump(p)) => self.finish_pump(id, *p, Err(error)),
+                    Some(Endpoint::Channel { events, .. }) => {
+                        let _ = events
+                            .send(self.channel_event(id, ChannelEventKind::Ended(Err(error))));
+                    }
                     None => {}
                 }
             }
@@ -1300,6 +1380,9 @@ impl SessionEntry {
                     } else {
                         self.endpoints.insert(id, Endpoint::Pump(p));
                     }
+                }
+                Some(Endpoint::Channel { events, .. }) => {
+                    let _ = events.send(self.channel_event(id, ChannelEventKind::Ended(Ok(()))));
                 }
                 None => {}
             },
@@ -1331,6 +1414,10 @@ impl SessionEntry {
             match self.endpoints.remove(&id) {
                 Some(Endpoint::Handle { shared, .. }) => shared.fail(error.clone()),
                 Some(Endpoint::Pump(p)) => self.finish_pump(id, *p, Err(error.clone())),
+                Some(Endpoint::Channel { events, .. }) => {
+                    let _ = events
+                        .send(self.channel_event(id, ChannelEventKind::Ended(Err(error.clone()))));
+                }
                 None => {}
             }
         }
@@ -1396,12 +1483,71 @@ impl SessionEntry {
                     }
                 }
             }
+            Some(Endpoint::Channel { events, .. }) => {
+                let events = events.clone();
+                while let Some(chunk) = self.mux.recv(id) {
+                    self.mux.release(id, chunk.len());
+                    if events
+                        .send(self.channel_event(id, ChannelEventKind::Data(chunk)))
+                        .is_err()
+                    {
+                        // Nobody listens any more: end the stream.
+                        self.endpoints.remove(&id);
+                        let _ = self
+                            .mux
+                            .reset(id, ErrorCode::CANCEL, "the service went away");
+                        break;
+                    }
+                }
+            }
             None => {}
+        }
+    }
+
+    fn channel_event(&self, id: StreamId, kind: ChannelEventKind) -> ChannelEvent {
+        ChannelEvent {
+            session: self.sid,
+            stream: id,
+            kind,
+        }
+    }
+
+    /// Moves a channel's queued messages into the mux as far as credit allows.
+    fn move_channel_tx(&mut self, id: StreamId) {
+        let Some(Endpoint::Channel {
+            tx,
+            tx_len,
+            close_requested,
+            ..
+        }) = self.endpoints.get_mut(&id)
+        else {
+            return;
+        };
+        while let Some(mut chunk) = tx.pop_front() {
+            let cap = self.mux.send_capacity(id);
+            if cap == 0 {
+                tx.push_front(chunk);
+                break;
+            }
+            let n = chunk.len().min(cap);
+            let _ = self.mux.send(id, &chunk[..n]);
+            *tx_len -= n;
+            if n < chunk.len() {
+                chunk.drain(..n);
+                tx.push_front(chunk);
+                break;
+            }
+        }
+        if *close_requested && tx.is_empty() {
+            let _ = self.mux.close(id);
         }
     }
 
     /// Moves a handle's queued writes into the mux as far as credit allows.
     fn move_tx(&mut self, id: StreamId) {
+        if matches!(self.endpoints.get(&id), Some(Endpoint::Channel { .. })) {
+            return self.move_channel_tx(id);
+        }
         let Some(Endpoint::Handle {
             shared,
             close_requested,
@@ -1465,7 +1611,12 @@ impl SessionEntry {
             if p.peer_closed && p.to_pending.is_empty() {
                 if let Some(to) = p.to.take() {
                     // Closing the fd is the EOF for whoever reads the other end (a process's
-                    // stdin); epoll forgets a closed fd by itself.
+                    // stdin); epoll forgets a closed fd by itself. A socket may have another
+                    // fd open for the other direction, so shut its write side explicitly.
+                    let _ = nix::sys::socket::shutdown(
+                        to.fd.as_raw_fd(),
+                        nix::sys::socket::Shutdown::Write,
+                    );
                     self.release_token(to.token);
                 }
             }
@@ -1517,6 +1668,9 @@ impl SessionEntry {
                     progress = true;
                 }
                 Ok(n) => {
+                    if p.crc {
+                        p.crc_sent = crc32c::crc32c_append(p.crc_sent, &buf[..n]);
+                    }
                     let _ = self.mux.send_owned(id, buf[..n].to_vec());
                     p.sent += n as u64;
                     progress = true;
@@ -1561,6 +1715,10 @@ impl SessionEntry {
             match nix::unistd::write(to.fd.as_fd(), &front[p.to_head..]) {
                 Ok(n) => {
                     progress = true;
+                    if p.crc {
+                        p.crc_received =
+                            crc32c::crc32c_append(p.crc_received, &front[p.to_head..p.to_head + n]);
+                    }
                     p.to_head += n;
                     p.received += n as u64;
                     self.mux.release(id, n);
@@ -1604,6 +1762,8 @@ impl SessionEntry {
                 stream: id,
                 bytes_sent: p.sent,
                 bytes_received: p.received,
+                crc_sent: p.crc_sent,
+                crc_received: p.crc_received,
                 result,
             });
         }

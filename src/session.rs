@@ -507,6 +507,8 @@ pub struct PumpSpec {
     pub to_fd: Option<OwnedFd>,
     /// Told when the pump is over.
     pub done: Option<Sender<PumpDone>>,
+    /// Compute CRC32C of the bytes moved each way (reported in [`PumpDone`]).
+    pub crc: bool,
 }
 
 /// How a pump ended.
@@ -520,6 +522,10 @@ pub struct PumpDone {
     pub bytes_sent: u64,
     /// Bytes moved from the stream into `to_fd`.
     pub bytes_received: u64,
+    /// CRC32C of the bytes sent (0 unless [`PumpSpec::crc`] was set).
+    pub crc_sent: u32,
+    /// CRC32C of the bytes received (0 unless [`PumpSpec::crc`] was set).
+    pub crc_received: u32,
     /// `Ok` when both directions ended normally.
     pub result: Result<(), SessionError>,
 }
@@ -561,6 +567,28 @@ impl Incoming {
             id: self.id,
             reply: reply.to_vec(),
             endpoint: crate::reactor::AcceptAs::Pump(pump),
+        })
+    }
+
+    /// Accepts the stream as a message channel served from the caller's own loop: what the
+    /// peer sends arrives on `events` (credit is returned as soon as the reactor delivers it,
+    /// so use this for small control traffic); [`StreamRef`] sends and closes.
+    pub fn accept_channel(
+        mut self,
+        reply: &[u8],
+        events: Sender<ChannelEvent>,
+    ) -> Result<StreamRef, SessionError> {
+        self.answered = true;
+        self.reactor.send(Command::Accept {
+            session: self.session,
+            id: self.id,
+            reply: reply.to_vec(),
+            endpoint: crate::reactor::AcceptAs::Channel(events),
+        })?;
+        Ok(StreamRef {
+            reactor: self.reactor.clone(),
+            session: self.session,
+            id: self.id,
         })
     }
 
@@ -774,4 +802,73 @@ pub struct SessionStats {
     pub handle_tx: usize,
     /// Streams open.
     pub streams: usize,
+}
+
+/// Something that happened on a stream accepted with [`Incoming::accept_channel`].
+#[derive(Debug)]
+pub struct ChannelEvent {
+    /// The session of the stream.
+    pub session: SessionId,
+    /// The stream.
+    pub stream: StreamId,
+    /// What happened.
+    pub kind: ChannelEventKind,
+}
+
+/// What happened on a channel stream.
+#[derive(Debug)]
+pub enum ChannelEventKind {
+    /// Bytes from the peer, in order.
+    Data(Vec<u8>),
+    /// The peer half-closed: no more data will come.
+    PeerClosed,
+    /// The stream is over: `Ok` when both sides closed normally.
+    Ended(Result<(), SessionError>),
+}
+
+/// A clonable reference to a channel stream, for sending from any thread without blocking.
+#[derive(Debug, Clone)]
+pub struct StreamRef {
+    reactor: ReactorHandle,
+    session: SessionId,
+    id: StreamId,
+}
+
+impl StreamRef {
+    /// The stream id.
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    /// The session id.
+    pub fn session_id(&self) -> SessionId {
+        self.session
+    }
+
+    /// Queues `data` for the peer. Channel streams are for small messages: a stream whose queue
+    /// passes 1 MiB because the peer grants no credit is reset with OVERLOAD.
+    pub fn send(&self, data: Vec<u8>) -> Result<(), SessionError> {
+        self.reactor.send(Command::Send {
+            session: self.session,
+            id: self.id,
+            data,
+        })
+    }
+
+    /// Half-closes after the queued data.
+    pub fn close(&self) -> Result<(), SessionError> {
+        self.reactor.send(Command::CloseWrite {
+            session: self.session,
+            id: self.id,
+        })
+    }
+
+    /// Aborts the stream with `code`.
+    pub fn reset(&self, code: ErrorCode) -> Result<(), SessionError> {
+        self.reactor.send(Command::Reset {
+            session: self.session,
+            id: self.id,
+            code,
+        })
+    }
 }
