@@ -476,6 +476,59 @@ mod tests {
         assert_eq!(&buf[..5], b"hello");
     }
 
+    fn absent() -> Attempt {
+        Attempt::Retry {
+            reason: "nobody there",
+            source: io::ErrorKind::ConnectionRefused.into(),
+        }
+    }
+
+    #[test]
+    fn retry_until_retries_absent_peers_until_one_answers() {
+        let mut calls = 0;
+        let link = retry_until("test://x", Duration::from_secs(60), |_| {
+            calls += 1;
+            if calls < 3 {
+                Err(absent())
+            } else {
+                Ok(Link::pair().unwrap().0)
+            }
+        });
+        assert!(link.is_ok());
+        assert_eq!(calls, 3);
+    }
+
+    #[test]
+    fn retry_until_does_not_retry_fatal_errors() {
+        let mut calls = 0;
+        let err = retry_until("test://x", Duration::from_secs(60), |_| {
+            calls += 1;
+            Err(Attempt::Fail(TransportError::io(
+                "test://x",
+                "connect",
+                io::ErrorKind::PermissionDenied.into(),
+            )))
+        })
+        .unwrap_err();
+        assert_eq!(calls, 1);
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+    }
+
+    #[test]
+    fn retry_until_with_zero_timeout_tries_once_and_gives_up() {
+        let mut calls = 0;
+        let err = retry_until("test://x", Duration::ZERO, |_| {
+            calls += 1;
+            Err(absent())
+        })
+        .unwrap_err();
+        assert_eq!(calls, 1);
+        assert_eq!(
+            err.to_string(),
+            "test://x: nobody there, gave up after 0 ms"
+        );
+    }
+
     #[test]
     fn listener_socket_is_private() {
         use std::os::unix::fs::PermissionsExt;
