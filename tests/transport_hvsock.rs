@@ -58,9 +58,17 @@ impl FakeMuxer {
         let (seen_tx, seen) = mpsc::channel();
         let (stop, stop_rx) = mpsc::channel::<()>();
         let bind_path = path.clone();
+        // Bind before returning unless a late start is wanted, so a slow thread start on a loaded
+        // machine cannot look like a missing VMM socket.
+        let early = (bind_delay == Duration::ZERO).then(|| UnixListener::bind(&path).unwrap());
         thread::spawn(move || {
-            thread::sleep(bind_delay);
-            let listener = UnixListener::bind(&bind_path).unwrap();
+            let listener = match early {
+                Some(listener) => listener,
+                None => {
+                    thread::sleep(bind_delay);
+                    UnixListener::bind(&bind_path).unwrap()
+                }
+            };
             let mut held = Vec::new();
             for i in 0.. {
                 let Ok((stream, _)) = listener.accept() else {
@@ -296,11 +304,11 @@ fn reset_before_ok_is_retried() {
 fn persistent_reset_is_reported_as_guest_not_ready() {
     let muxer = FakeMuxer::start("resets", Duration::ZERO, vec![Step::ResetUnread]);
     let addr = muxer.addr(9);
-    let err = dial(&addr, Duration::from_secs(1)).unwrap_err();
+    let err = dial(&addr, Duration::from_secs(2)).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
     assert_eq!(
         err.to_string(),
-        format!("{addr}: the guest is not ready (connection reset before OK), gave up after 1 s")
+        format!("{addr}: the guest is not ready (connection reset before OK), gave up after 2 s")
     );
 }
 
@@ -322,13 +330,13 @@ fn silent_muxer_times_out_with_a_clear_error() {
 fn no_agent_ever_gives_up_and_says_how_long_it_tried() {
     let muxer = FakeMuxer::start("never", Duration::ZERO, vec![Step::CloseAfterConnect]);
     let addr = muxer.addr(1024);
-    let err = dial(&addr, Duration::from_secs(1)).unwrap_err();
+    let err = dial(&addr, Duration::from_secs(2)).unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!("{addr}: no agent listening in the guest (closed before OK), gave up after 1 s")
+        format!("{addr}: no agent listening in the guest (closed before OK), gave up after 2 s")
     );
     assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
-    // Backoff (50, 100, 200, 400 ms ...) bounds the attempts in one second: no tight loop.
+    // Backoff (50, 100, 200, 400, 800 ms ...) bounds the attempts in two seconds: no tight loop.
     muxer.seen.recv_timeout(PATIENT).unwrap();
     let attempts = 1 + muxer.records().len();
     assert!(attempts <= 10, "{attempts} attempts");
