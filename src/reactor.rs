@@ -94,6 +94,12 @@ impl LinkListener for UnixLinkListener {
     }
 }
 
+impl LinkListener for crate::transport::Listener {
+    fn accept_link(&mut self) -> io::Result<Option<Link>> {
+        self.accept().map_err(io::Error::from)
+    }
+}
+
 /// Builds the mux configuration for each new session on a listener or port.
 pub type ConfigFn = Box<dyn FnMut(&Link) -> Config + Send>;
 
