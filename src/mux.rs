@@ -21,9 +21,9 @@
 //!   `max_buffered`: that, and nothing else, bounds receive memory. DATA beyond the limit gets
 //!   RESET(FLOW_CONTROL).
 //! - **Keepalive.** After `keepalive_interval` without any frame from the peer, send PING; if
-//!   nothing arrives within `keepalive_timeout` after it, the session ends with TIMEOUT. A gap
-//!   between two calls longer than the timeout means this process was frozen (VM paused, host
-//!   suspended): it re-arms the probe instead of declaring the peer dead.
+//!   nothing arrives within `keepalive_timeout` after it, the session ends with TIMEOUT. A timer
+//!   call that comes more than half a timeout after its deadline means this process was frozen
+//!   (VM paused, host suspended): it re-arms the probe instead of declaring the peer dead.
 //! - **Shutdown.** GOAWAY(NORMAL) stops new streams; existing ones finish. A side with no stream
 //!   left sends GOAWAY|DRAINED; the session ends once DRAINED went both ways, which proves each
 //!   side received everything the other sent (an EOF alone proves nothing). GOAWAY with any
@@ -467,8 +467,6 @@ enum Control {
 struct Liveness {
     /// When a frame last arrived (or the session started).
     last_rx: Instant,
-    /// The latest `now` seen, to tell a frozen process from a silent peer.
-    last_tick: Instant,
     /// The keepalive probe in flight: (opaque, sent at).
     probe: Option<(u64, Instant)>,
     /// Pings requested by the application: (opaque, sent at).
@@ -545,7 +543,6 @@ impl Mux {
             events: VecDeque::new(),
             live: Liveness {
                 last_rx: now,
-                last_tick: now,
                 probe: None,
                 user_pings: VecDeque::new(),
                 next_opaque: 1,
@@ -643,7 +640,6 @@ impl Mux {
 
     /// Feeds bytes received from the link.
     pub fn handle_input(&mut self, now: Instant, mut bytes: &[u8]) {
-        self.tick(now);
         if self.phase == Phase::Terminated {
             return;
         }
@@ -672,7 +668,9 @@ impl Mux {
 
     /// Runs the timers: HELLO retry, keepalive probe and timeout.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.tick(now);
+        if self.woke_from_pause(now) {
+            return;
+        }
         match self.phase {
             Phase::Terminated => {}
             Phase::AwaitingHello => {
@@ -706,15 +704,22 @@ impl Mux {
         }
     }
 
-    /// Notes `now`; a jump longer than the keepalive timeout is a pause of this process, not
-    /// silence of the peer, so liveness restarts from here.
-    fn tick(&mut self, now: Instant) {
-        if now.saturating_since(self.live.last_tick) > self.config.keepalive_timeout {
-            self.counters.pauses += 1;
-            self.live.last_rx = now;
-            self.live.probe = None;
+    /// Whether this call comes so long after the deadline it was scheduled for (more than half
+    /// the keepalive timeout) that this process must have been frozen: the VM was paused or the
+    /// host suspended. The peer was frozen out of our view, not silent, so liveness restarts
+    /// from now and the probe is sent again instead of declaring the peer dead.
+    fn woke_from_pause(&mut self, now: Instant) -> bool {
+        let late = match self.poll_at() {
+            Some(deadline) if self.phase != Phase::AwaitingHello => now.saturating_since(deadline),
+            _ => return false,
+        };
+        if late <= self.config.keepalive_timeout / 2 {
+            return false;
         }
-        self.live.last_tick = self.live.last_tick.max(now);
+        self.counters.pauses += 1;
+        self.live.last_rx = now;
+        self.live.probe = None;
+        true
     }
 
     /// Bytes to write to the link now (possibly empty). Builds frames up to the high-water mark:

@@ -591,18 +591,21 @@ impl Core {
                 }
             }
             self.drain_commands(&mut touched);
-            let now = self.clock.now();
-            for (sid, s) in self.sessions.iter_mut() {
-                if s.mux.poll_at().is_some_and(|at| at <= now) {
-                    s.mux.handle_timeout(now);
-                    touched.push(*sid);
-                }
-            }
             if self.busy {
                 self.busy = false;
                 touched.extend(self.sessions.keys().copied());
             }
+            // Input first: after a freeze, a PONG already waiting must count before timers run.
             self.drive_all(touched);
+            let now = self.clock.now();
+            let mut timed = Vec::new();
+            for (sid, s) in self.sessions.iter_mut() {
+                if s.mux.poll_at().is_some_and(|at| at <= now) {
+                    s.mux.handle_timeout(now);
+                    timed.push(*sid);
+                }
+            }
+            self.drive_all(timed);
         }
         self.shutdown_all();
     }
