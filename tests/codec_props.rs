@@ -31,24 +31,49 @@ fn kind_strategy() -> impl Strategy<Value = Kind> {
 }
 
 fn spec_strategy() -> impl Strategy<Value = Spec> {
-    (kind_strategy(), any::<bool>(), 1u32.., proptest::collection::vec(any::<u8>(), 0..600)).prop_map(
-        |(kind, flag, stream, payload)| {
-            let flags = if flag { kind.allowed_flags() } else { Flags::empty() };
-            let stream = if kind.is_session_level() { 0 } else { stream };
-            Spec { kind, flags, stream, payload }
-        },
+    (
+        kind_strategy(),
+        any::<bool>(),
+        1u32..,
+        proptest::collection::vec(any::<u8>(), 0..600),
     )
+        .prop_map(|(kind, flag, stream, payload)| {
+            let flags = if flag {
+                kind.allowed_flags()
+            } else {
+                Flags::empty()
+            };
+            let stream = if kind.is_session_level() { 0 } else { stream };
+            Spec {
+                kind,
+                flags,
+                stream,
+                payload,
+            }
+        })
 }
 
 fn encode(spec: &Spec, crc: bool) -> Vec<u8> {
     let mut out = Vec::new();
     let trailer = crc || spec.kind == Kind::Hello;
-    emit_frame(&mut out, spec.kind, spec.flags, spec.stream, &spec.payload, trailer);
+    emit_frame(
+        &mut out,
+        spec.kind,
+        spec.flags,
+        spec.stream,
+        &spec.payload,
+        trailer,
+    );
     out
 }
 
 fn expected(spec: &Spec) -> RawFrame {
-    RawFrame { kind: spec.kind as u8, flags: spec.flags.bits(), stream: spec.stream, payload: spec.payload.clone() }
+    RawFrame {
+        kind: spec.kind as u8,
+        flags: spec.flags.bits(),
+        stream: spec.stream,
+        payload: spec.payload.clone(),
+    }
 }
 
 fn decode_chunks(decoder: &mut Decoder, bytes: &[u8], cuts: &[usize]) -> Vec<RawFrame> {
