@@ -10,7 +10,12 @@ use vmux::session::{ChannelEventKind, PumpSpec};
 use vmux::transport::Link;
 use vmux::wire::Role;
 
-fn sessions() -> (Reactor, vmux::session::Session, Reactor, vmux::session::Session) {
+fn sessions() -> (
+    Reactor,
+    vmux::session::Session,
+    Reactor,
+    vmux::session::Session,
+) {
     let (a, b) = Link::pair().unwrap();
     let ra = Reactor::spawn().unwrap();
     let rb = Reactor::spawn().unwrap();
@@ -62,7 +67,10 @@ fn a_pump_moves_a_regular_file_out_and_a_stream_into_a_pipe() {
         r.read_to_end(&mut received).unwrap();
     });
     assert!(received == data, "file content came through the stream");
-    assert!(reader.join().unwrap() == sent, "stream content came out of the pipe");
+    assert!(
+        reader.join().unwrap() == sent,
+        "stream content came out of the pipe"
+    );
     let done = done_rx.recv_timeout(Duration::from_secs(30)).unwrap();
     assert!(done.result.is_ok(), "{:?}", done.result);
     assert_eq!(done.bytes_sent, data.len() as u64);
@@ -105,8 +113,18 @@ fn a_channel_stream_delivers_messages_to_the_service_loop() {
 }
 
 fn tempfile() -> std::fs::File {
-    let path = std::env::temp_dir().join(format!("vmux-pump-{}-{:?}", std::process::id(), std::thread::current().id()));
-    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+    let path = std::env::temp_dir().join(format!(
+        "vmux-pump-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
     let _ = std::fs::remove_file(&path);
     file
 }
