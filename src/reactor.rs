@@ -1380,7 +1380,11 @@ impl Core {
                 s.write_interest = wants_write;
             }
         }
-        let over = s.mux.phase() == Phase::Terminated && (s.link_down || !s.mux.wants_to_write());
+        // A port does not wait for a peer that stopped reading to take the last frame: the next
+        // session on the same fd starts over with HELLO anyway.
+        let stalled_port = s.port.is_some() && !s.writable;
+        let over = s.mux.phase() == Phase::Terminated
+            && (s.link_down || stalled_port || !s.mux.wants_to_write());
         if over {
             self.retire(sid);
         }
@@ -1499,11 +1503,13 @@ impl SessionEntry {
             // A virtio-serial port with no host: nothing to lose, wait for the next event.
             return;
         }
-        if self.link.kind() != LinkKind::VirtioSerial {
-            self.link_down = true;
-        }
-        self.mux
-            .link_lost(&format!("{} closed the link", self.link.peer()));
+        // This session's link is over; a port's fd lives on in the next session.
+        self.link_down = true;
+        let why = match self.link.kind() {
+            LinkKind::VirtioSerial => "the host closed the virtio-serial port".to_string(),
+            _ => format!("{} closed the link", self.link.peer()),
+        };
+        self.mux.link_lost(&why);
     }
 
     /// Writes what the mux has built until the link would block; returns whether any was written.

@@ -6,6 +6,7 @@
 
 mod assets;
 mod cpio;
+mod demo;
 mod elf;
 mod fuzz;
 mod util;
@@ -28,6 +29,9 @@ commands:
     test [ARGS...]           vm-assets, then `cargo test --workspace ARGS...` with
                            VMUX_VM_TESTS=1 (VM tests fail instead of skipping), then a
                            short fuzz pass (VMUX_FUZZ_SECONDS per target, default 15)
+    demo                     boot a VM with vmux-agent as PID 1 and run vmux-shim info and
+                           exec over hybrid vsock, virtio-serial and ISA serial, then
+                           power it off
   fuzz [--seconds N] [TARGET...]
                            run the cargo-fuzz targets in fuzz/ for N s each (default 60),
                            installing cargo-fuzz into target/tools/ if needed
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
         }
         Some("vm-assets") => vm_assets(&rest).map(|_| ExitCode::SUCCESS),
         Some("test") => test(&rest),
+        Some("demo") => demo::demo(&workspace_root()).map(|_| ExitCode::SUCCESS),
         Some("fuzz") => fuzz::Options::parse(&rest)
             .and_then(|o| fuzz::fuzz(&workspace_root(), &o))
             .map(|_| ExitCode::SUCCESS),
