@@ -166,6 +166,13 @@ pub(crate) enum Command {
         id: StreamId,
         data: Vec<u8>,
     },
+    Forward {
+        session: SessionId,
+        id: StreamId,
+        service: String,
+        args: Vec<u8>,
+        target: SessionId,
+    },
     Consumed {
         session: SessionId,
         id: StreamId,
@@ -210,6 +217,7 @@ impl fmt::Debug for Command {
             Command::Reject { .. } => "Reject",
             Command::Tx { .. } => "Tx",
             Command::Send { .. } => "Send",
+            Command::Forward { .. } => "Forward",
             Command::Consumed { .. } => "Consumed",
             Command::CloseWrite { .. } => "CloseWrite",
             Command::Reset { .. } => "Reset",
@@ -371,6 +379,28 @@ pub fn random_nonce() -> u64 {
 
 // ----- the loop's own state -----
 
+/// Work one session's events create for another session.
+#[derive(Debug)]
+enum CrossAction {
+    /// The target answered a forwarded OPEN: accept (with its reply) or refuse the source.
+    ForwardAnswer {
+        source: (SessionId, StreamId),
+        target: (SessionId, StreamId),
+        answer: Result<Vec<u8>, (ErrorCode, String)>,
+    },
+    /// Bytes, credit or a CLOSE may move between two spliced streams.
+    SpliceMove {
+        from: (SessionId, StreamId),
+        to: (SessionId, StreamId),
+    },
+    /// One side of a splice (or a forward in progress) failed: reset the other.
+    PeerGone {
+        to: (SessionId, StreamId),
+        code: ErrorCode,
+        message: String,
+    },
+}
+
 /// What a poll token stands for.
 #[derive(Debug, Clone, Copy)]
 enum Owner {
@@ -428,6 +458,20 @@ enum Endpoint {
         close_requested: bool,
     },
     Pump(Box<Pump>),
+    /// Waiting for the target session to answer the OPEN this stream was forwarded as.
+    Forwarding {
+        target: (SessionId, StreamId),
+    },
+    /// Spliced to a stream of another session: bytes move between the two muxes directly.
+    Splice {
+        peer: (SessionId, StreamId),
+        /// A received chunk the peer stream had no credit for yet.
+        stash: Option<Vec<u8>>,
+        /// This stream's peer half-closed (CLOSE to pass on once the data is through).
+        peer_closed: bool,
+        /// CLOSE was passed on to `peer`.
+        close_passed: bool,
+    },
     /// Served by the application's loop through a channel.
     Channel {
         events: Sender<ChannelEvent>,
@@ -442,6 +486,10 @@ struct SessionEntry {
     handle: ReactorHandle,
     /// Pump tokens whose fds were closed, for the loop to forget.
     released_tokens: Vec<Token>,
+    /// Work that involves another session, for the loop to carry out.
+    outbox: Vec<CrossAction>,
+    /// Streams opened on this session on behalf of a forwarded stream: ours -> (session, stream).
+    pending_forwards: HashMap<StreamId, (SessionId, StreamId)>,
     link: Link,
     token: Token,
     mux: Mux,
@@ -473,6 +521,8 @@ struct Core {
     read_buf: Vec<u8>,
     /// Some pump has an always-ready fd with work left: poll without sleeping.
     busy: bool,
+    /// Sessions that work on another session touched, to drive in the same turn.
+    extra_work: Vec<SessionId>,
     running: bool,
 }
 
@@ -490,6 +540,7 @@ impl Core {
             next_session: 1,
             read_buf: vec![0u8; READ_BUF],
             busy: false,
+            extra_work: Vec::new(),
             running: true,
         }
     }
@@ -542,22 +593,21 @@ impl Core {
                 }
             }
             self.drain_commands(&mut touched);
-            let now = self.clock.now();
-            for (sid, s) in self.sessions.iter_mut() {
-                if s.mux.poll_at().is_some_and(|at| at <= now) {
-                    s.mux.handle_timeout(now);
-                    touched.push(*sid);
-                }
-            }
             if self.busy {
                 self.busy = false;
                 touched.extend(self.sessions.keys().copied());
             }
-            touched.sort_unstable();
-            touched.dedup();
-            for sid in touched {
-                self.drive(sid);
+            // Input first: after a freeze, a PONG already waiting must count before timers run.
+            self.drive_all(touched);
+            let now = self.clock.now();
+            let mut timed = Vec::new();
+            for (sid, s) in self.sessions.iter_mut() {
+                if s.mux.poll_at().is_some_and(|at| at <= now) {
+                    s.mux.handle_timeout(now);
+                    timed.push(*sid);
+                }
             }
+            self.drive_all(timed);
         }
         self.shutdown_all();
     }
@@ -707,6 +757,16 @@ impl Core {
                 s.move_tx(id);
                 Some(session)
             }
+            Command::Forward {
+                session,
+                id,
+                service,
+                args,
+                target,
+            } => {
+                self.forward(session, id, &service, &args, target);
+                Some(session)
+            }
             Command::Send { session, id, data } => {
                 let s = self.sessions.get_mut(&session)?;
                 if let Some(Endpoint::Channel { tx, tx_len, .. }) = s.endpoints.get_mut(&id) {
@@ -852,6 +912,8 @@ impl Core {
             sid,
             handle: self.handle.clone(),
             released_tokens: Vec::new(),
+            outbox: Vec::new(),
+            pending_forwards: HashMap::new(),
             link,
             token,
             mux,
@@ -1068,6 +1130,216 @@ impl Core {
         }
     }
 
+    /// Drives sessions until no session has work left for another (forwards, splices).
+    fn drive_all(&mut self, mut work: Vec<SessionId>) {
+        let mut turns = 0;
+        while !work.is_empty() && turns < 1024 {
+            turns += 1;
+            work.sort_unstable();
+            work.dedup();
+            let mut next = Vec::new();
+            for sid in work {
+                self.drive(sid);
+                let actions = match self.sessions.get_mut(&sid) {
+                    Some(s) => std::mem::take(&mut s.outbox),
+                    None => Vec::new(),
+                };
+                for action in actions {
+                    next.extend(self.cross(action));
+                }
+                next.append(&mut self.extra_work);
+            }
+            work = next;
+        }
+    }
+
+    /// Opens `service` on the target session for a stream that arrived on `session`.
+    fn forward(
+        &mut self,
+        session: SessionId,
+        id: StreamId,
+        service: &str,
+        args: &[u8],
+        target: SessionId,
+    ) {
+        let opened = match self.sessions.get_mut(&target) {
+            None => Err((ErrorCode::LINK_LOST, "the target link is down".to_string())),
+            Some(_) if target == session => Err((
+                ErrorCode::REFUSED,
+                "cannot forward a stream to its own session".to_string(),
+            )),
+            Some(t) => match t.mux.open(service, args) {
+                Ok(tid) => {
+                    t.pending_forwards.insert(tid, (session, id));
+                    Ok(tid)
+                }
+                Err(crate::mux::MuxError::GoingAway) => Err((
+                    ErrorCode::GOING_AWAY,
+                    "the target session is shutting down".into(),
+                )),
+                Err(crate::mux::MuxError::Terminated) => {
+                    Err((ErrorCode::LINK_LOST, "the target link is down".into()))
+                }
+                Err(e) => Err((ErrorCode::REFUSED, e.to_string())),
+            },
+        };
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        match opened {
+            Ok(tid) => {
+                s.endpoints.insert(
+                    id,
+                    Endpoint::Forwarding {
+                        target: (target, tid),
+                    },
+                );
+                self.extra_work.push(target);
+            }
+            Err((code, message)) => {
+                let _ = s.mux.reject(id, code, &message);
+            }
+        }
+    }
+
+    /// Carries out work that crosses sessions; returns the sessions to drive again.
+    fn cross(&mut self, action: CrossAction) -> Vec<SessionId> {
+        match action {
+            CrossAction::ForwardAnswer {
+                source,
+                target,
+                answer,
+            } => {
+                let Some(s) = self.sessions.get_mut(&source.0) else {
+                    self.reset_stream(target, ErrorCode::CANCEL, "the forwarding client went away");
+                    return vec![target.0];
+                };
+                if !matches!(
+                    s.endpoints.get(&source.1),
+                    Some(Endpoint::Forwarding { .. })
+                ) {
+                    self.reset_stream(
+                        target,
+                        ErrorCode::CANCEL,
+                        "the forwarded stream was cancelled",
+                    );
+                    return vec![target.0];
+                }
+                match answer {
+                    Ok(reply) => {
+                        if s.mux.accept(source.1, &reply).is_err() {
+                            s.endpoints.remove(&source.1);
+                            self.reset_stream(
+                                target,
+                                ErrorCode::CANCEL,
+                                "the forwarded stream was cancelled",
+                            );
+                            return vec![source.0, target.0];
+                        }
+                        s.endpoints.insert(
+                            source.1,
+                            Endpoint::Splice {
+                                peer: target,
+                                stash: None,
+                                peer_closed: false,
+                                close_passed: false,
+                            },
+                        );
+                        if let Some(t) = self.sessions.get_mut(&target.0) {
+                            t.endpoints.insert(
+                                target.1,
+                                Endpoint::Splice {
+                                    peer: source,
+                                    stash: None,
+                                    peer_closed: false,
+                                    close_passed: false,
+                                },
+                            );
+                        }
+                        // Data may already wait on either side.
+                        self.splice_move(target, source);
+                        self.splice_move(source, target);
+                    }
+                    Err((code, message)) => {
+                        s.endpoints.remove(&source.1);
+                        let _ = s.mux.reject(source.1, code, &message);
+                    }
+                }
+                vec![source.0, target.0]
+            }
+            CrossAction::SpliceMove { from, to } => {
+                self.splice_move(from, to);
+                vec![from.0, to.0]
+            }
+            CrossAction::PeerGone { to, code, message } => {
+                self.reset_stream(to, code, &message);
+                vec![to.0]
+            }
+        }
+    }
+
+    /// Resets a stream of some session and forgets its endpoint.
+    fn reset_stream(&mut self, at: (SessionId, StreamId), code: ErrorCode, message: &str) {
+        if let Some(s) = self.sessions.get_mut(&at.0) {
+            s.endpoints.remove(&at.1);
+            s.pending_forwards.remove(&at.1);
+            if s.mux.has_stream(at.1) {
+                let _ = s.mux.reset(at.1, code, message);
+            }
+        }
+    }
+
+    /// Moves what `from` received into `to` as far as `to`'s credit allows, releasing `from`'s
+    /// credit as the bytes go; passes a CLOSE on once everything went through.
+    fn splice_move(&mut self, from: (SessionId, StreamId), to: (SessionId, StreamId)) {
+        if from.0 == to.0 {
+            return;
+        }
+        let [Some(a), Some(b)] = self.sessions.get_disjoint_mut([&from.0, &to.0]) else {
+            return;
+        };
+        let Some(Endpoint::Splice {
+            stash,
+            peer_closed,
+            close_passed,
+            ..
+        }) = a.endpoints.get_mut(&from.1)
+        else {
+            return;
+        };
+        loop {
+            let cap = b.mux.send_capacity(to.1);
+            if cap == 0 {
+                break;
+            }
+            let Some(mut chunk) = stash.take().or_else(|| a.mux.recv(from.1)) else {
+                break;
+            };
+            let n = cap.min(chunk.len());
+            if n == chunk.len() {
+                if let Err(back) = b.mux.send_owned(to.1, chunk) {
+                    *stash = Some(back.data);
+                    break;
+                }
+            } else {
+                let _ = b.mux.send(to.1, &chunk[..n]);
+                chunk.drain(..n);
+                *stash = Some(chunk);
+            }
+            a.mux.release(from.1, n);
+            if stash.is_some() {
+                break;
+            }
+        }
+        if *peer_closed && !*close_passed && stash.is_none() && !a.mux.has_rx(from.1) {
+            *close_passed = true;
+            let _ = b.mux.close(to.1);
+        }
+        if *close_passed && stash.is_none() && !a.mux.has_stream(from.1) {
+            a.endpoints.remove(&from.1);
+        }
+    }
+
     /// Moves everything that can move for one session, then retires it if it is over.
     fn drive(&mut self, sid: SessionId) {
         let Some(s) = self.sessions.get_mut(&sid) else {
@@ -1114,7 +1386,11 @@ impl Core {
                 s.write_interest = wants_write;
             }
         }
-        let over = s.mux.phase() == Phase::Terminated && (s.link_down || !s.mux.wants_to_write());
+        // A port does not wait for a peer that stopped reading to take the last frame: the next
+        // session on the same fd starts over with HELLO anyway.
+        let stalled_port = s.port.is_some() && !s.writable;
+        let over = s.mux.phase() == Phase::Terminated
+            && (s.link_down || stalled_port || !s.mux.wants_to_write());
         if over {
             self.retire(sid);
         }
@@ -1125,12 +1401,17 @@ impl Core {
         let Some(mut s) = self.sessions.remove(&sid) else {
             return;
         };
+
         let termination = s.mux.termination().cloned().unwrap_or(Termination {
             code: ErrorCode::LINK_LOST,
             message: "session retired".into(),
             by_peer: false,
         });
         s.finish(&termination);
+        for action in std::mem::take(&mut s.outbox) {
+            let more = self.cross(action);
+            self.extra_work.extend(more);
+        }
         self.tokens.remove(&s.token);
         for endpoint in s.endpoints.values() {
             if let Endpoint::Pump(p) = endpoint {
@@ -1228,11 +1509,13 @@ impl SessionEntry {
             // A virtio-serial port with no host: nothing to lose, wait for the next event.
             return;
         }
-        if self.link.kind() != LinkKind::VirtioSerial {
-            self.link_down = true;
-        }
-        self.mux
-            .link_lost(&format!("{} closed the link", self.link.peer()));
+        // This session's link is over; a port's fd lives on in the next session.
+        self.link_down = true;
+        let why = match self.link.kind() {
+            LinkKind::VirtioSerial => "the host closed the virtio-serial port".to_string(),
+            _ => format!("{} closed the link", self.link.peer()),
+        };
+        self.mux.link_lost(&why);
     }
 
     /// Writes what the mux has built until the link would block; returns whether any was written.
@@ -1308,6 +1591,15 @@ impl SessionEntry {
                 }
             }
             Event::Accepted { id, reply } => {
+                if let Some(source) = self.pending_forwards.remove(&id) {
+                    let target = (self.sid, id);
+                    self.outbox.push(CrossAction::ForwardAnswer {
+                        source,
+                        target,
+                        answer: Ok(reply),
+                    });
+                    return;
+                }
                 if let Some((shared, tx)) = self.pending_opens.remove(&id) {
                     self.endpoints.insert(
                         id,
@@ -1324,12 +1616,33 @@ impl SessionEntry {
                 }
             }
             Event::Refused { id, code, message } => {
+                if let Some(source) = self.pending_forwards.remove(&id) {
+                    let target = (self.sid, id);
+                    self.outbox.push(CrossAction::ForwardAnswer {
+                        source,
+                        target,
+                        answer: Err((code, message)),
+                    });
+                    return;
+                }
                 if let Some((_, tx)) = self.pending_opens.remove(&id) {
                     let _ = tx.send(Err(SessionError::Refused { code, message }));
                 }
             }
-            Event::Readable { id } => self.drain_rx(id),
-            Event::Writable { id } => self.move_tx(id),
+            Event::Readable { id } => match self.endpoints.get(&id) {
+                Some(Endpoint::Splice { peer, .. }) => {
+                    let (from, to) = ((self.sid, id), *peer);
+                    self.outbox.push(CrossAction::SpliceMove { from, to });
+                }
+                _ => self.drain_rx(id),
+            },
+            Event::Writable { id } => match self.endpoints.get(&id) {
+                Some(Endpoint::Splice { peer, .. }) => {
+                    let (from, to) = (*peer, (self.sid, id));
+                    self.outbox.push(CrossAction::SpliceMove { from, to });
+                }
+                _ => self.move_tx(id),
+            },
             Event::PeerClosed { id } => match self.endpoints.get_mut(&id) {
                 Some(Endpoint::Handle { shared, .. }) => {
                     let mut st = shared.lock();
@@ -1340,6 +1653,14 @@ impl SessionEntry {
                     shared.cond.notify_all();
                 }
                 Some(Endpoint::Pump(p)) => p.peer_closed = true,
+                Some(Endpoint::Splice {
+                    peer, peer_closed, ..
+                }) => {
+                    *peer_closed = true;
+                    let (from, to) = ((self.sid, id), *peer);
+                    self.outbox.push(CrossAction::SpliceMove { from, to });
+                }
+                Some(Endpoint::Forwarding { .. }) => {}
                 Some(Endpoint::Channel { events, .. }) => {
                     let _ = events.send(ChannelEvent {
                         session: self.sid,
@@ -1365,8 +1686,27 @@ impl SessionEntry {
                     let _ = tx.send(Err(error));
                     return;
                 }
+                if let Some(source) = self.pending_forwards.remove(&id) {
+                    let target = (self.sid, id);
+                    let answer = Err((ErrorCode::LINK_LOST, error.to_string()));
+                    self.outbox.push(CrossAction::ForwardAnswer {
+                        source,
+                        target,
+                        answer,
+                    });
+                    return;
+                }
                 match self.endpoints.remove(&id) {
                     Some(Endpoint::Handle { shared, .. }) => shared.fail(error),
+                    Some(Endpoint::Forwarding { target: to })
+                    | Some(Endpoint::Splice { peer: to, .. }) => {
+                        let (code, message) = match error {
+                            SessionError::Reset { code, message, .. } => (code, message),
+                            other => (ErrorCode::CANCEL, other.to_string()),
+                        };
+                        self.outbox
+                            .push(CrossAction::PeerGone { to, code, message });
+                    }
                     Some(Endpoint::Pump(p)) => self.finish_pump(id, *p, Err(error)),
                     Some(Endpoint::Channel { events, .. }) => {
                         let _ = events
@@ -1396,6 +1736,15 @@ impl SessionEntry {
                 Some(Endpoint::Channel { events, .. }) => {
                     let _ = events.send(self.channel_event(id, ChannelEventKind::Ended(Ok(()))));
                 }
+                Some(splice @ Endpoint::Splice { .. }) => {
+                    // A stashed chunk or a CLOSE may still have to reach the peer.
+                    if let Endpoint::Splice { peer, .. } = &splice {
+                        let (from, to) = ((self.sid, id), *peer);
+                        self.outbox.push(CrossAction::SpliceMove { from, to });
+                    }
+                    self.endpoints.insert(id, splice);
+                }
+                Some(Endpoint::Forwarding { .. }) => {}
                 None => {}
             },
             Event::GoAway { .. } => {
@@ -1421,6 +1770,14 @@ impl SessionEntry {
         for tx in self.pings.drain(..) {
             let _ = tx.send(Err(error.clone()));
         }
+        for (id, source) in std::mem::take(&mut self.pending_forwards) {
+            let answer = Err((ErrorCode::LINK_LOST, t.to_string()));
+            self.outbox.push(CrossAction::ForwardAnswer {
+                source,
+                target: (self.sid, id),
+                answer,
+            });
+        }
         let ids: Vec<StreamId> = self.endpoints.keys().copied().collect();
         for id in ids {
             match self.endpoints.remove(&id) {
@@ -1429,6 +1786,15 @@ impl SessionEntry {
                 Some(Endpoint::Channel { events, .. }) => {
                     let _ = events
                         .send(self.channel_event(id, ChannelEventKind::Ended(Err(error.clone()))));
+                }
+                Some(Endpoint::Forwarding { target: to })
+                | Some(Endpoint::Splice { peer: to, .. }) => {
+                    let message = t.to_string();
+                    self.outbox.push(CrossAction::PeerGone {
+                        to,
+                        code: ErrorCode::LINK_LOST,
+                        message,
+                    });
                 }
                 None => {}
             }
@@ -1512,7 +1878,7 @@ impl SessionEntry {
                     }
                 }
             }
-            None => {}
+            Some(Endpoint::Forwarding { .. }) | Some(Endpoint::Splice { .. }) | None => {}
         }
     }
 

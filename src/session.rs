@@ -592,6 +592,20 @@ impl Incoming {
         })
     }
 
+    /// Forwards the stream to `target`: the reactor opens the same service with the same
+    /// arguments there, answers this stream with the target's OPEN_OK or OPEN_ERR, and then
+    /// moves bytes between the two streams itself, under both sessions' credit (no thread).
+    pub fn forward(mut self, target: &Session) -> Result<(), SessionError> {
+        self.answered = true;
+        self.reactor.send(Command::Forward {
+            session: self.session,
+            id: self.id,
+            service: std::mem::take(&mut self.service),
+            args: std::mem::take(&mut self.args),
+            target: target.id,
+        })
+    }
+
     /// Refuses the stream with a code and message.
     pub fn reject(mut self, code: ErrorCode, message: &str) -> Result<(), SessionError> {
         self.answered = true;
