@@ -27,14 +27,20 @@ fn serve_port(reactor: &Reactor, port: Link) -> crossbeam_channel::Receiver<Sess
     let (seen_tx, seen_rx) = crossbeam_channel::unbounded();
     reactor
         .handle()
-        .add_port(port, Box::new(|_| Config::serial(Role::Server, vmux::reactor::random_nonce())), sessions_tx)
+        .add_port(
+            port,
+            Box::new(|_| Config::serial(Role::Server, vmux::reactor::random_nonce())),
+            sessions_tx,
+        )
         .expect("add port");
     thread::spawn(move || {
         for session in sessions_rx {
             let _ = seen_tx.send(session.clone());
             thread::spawn(move || {
                 while let Ok(incoming) = session.accept() {
-                    let Ok(mut stream) = incoming.accept(b"") else { continue };
+                    let Ok(mut stream) = incoming.accept(b"") else {
+                        continue;
+                    };
                     thread::spawn(move || {
                         let mut buf = [0u8; 4096];
                         while let Ok(n) = stream.read(&mut buf) {
@@ -84,23 +90,38 @@ fn a_session_over_a_pty_survives_console_noise_and_a_host_restart() {
     {
         let host = Reactor::spawn().unwrap();
         let link = Link::from_fd(slave.try_clone().unwrap(), LinkKind::Tty, "pty slave").unwrap();
-        let session = host.add_link(link, Config::serial(Role::Client, 1)).unwrap();
-        session.wait_established(Duration::from_secs(20)).expect("HELLO over the pty");
+        let session = host
+            .add_link(link, Config::serial(Role::Client, 1))
+            .unwrap();
+        session
+            .wait_established(Duration::from_secs(20))
+            .expect("HELLO over the pty");
         echo_round_trip(&session, &data);
         // The guest skipped every byte of the noise (a fake frame start in it fails its CRC) in
         // one resync, and lost nothing else.
-        let first = guest_sessions.recv_timeout(Duration::from_secs(10)).unwrap();
+        let first = guest_sessions
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap();
         let stats = first.stats().unwrap();
         assert_eq!(stats.counters.resyncs, 1, "{:?}", stats.counters);
-        assert_eq!(stats.counters.discarded_bytes, noise.len() as u64, "{:?}", stats.counters);
+        assert_eq!(
+            stats.counters.discarded_bytes,
+            noise.len() as u64,
+            "{:?}",
+            stats.counters
+        );
         assert_eq!(stats.counters.header_crc_errors, 1, "{:?}", stats.counters);
         // The host goes away without a graceful shutdown (its reactor stops).
     }
     // A new host on the same line: a new HELLO (new nonce) and the guest serves it.
     let host = Reactor::spawn().unwrap();
     let link = Link::from_fd(slave.try_clone().unwrap(), LinkKind::Tty, "pty slave").unwrap();
-    let session = host.add_link(link, Config::serial(Role::Client, 2)).unwrap();
-    session.wait_established(Duration::from_secs(20)).expect("HELLO after the host restarted");
+    let session = host
+        .add_link(link, Config::serial(Role::Client, 2))
+        .unwrap();
+    session
+        .wait_established(Duration::from_secs(20))
+        .expect("HELLO after the host restarted");
     echo_round_trip(&session, &data[..10_000]);
     drop(noisy);
 }

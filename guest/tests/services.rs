@@ -215,6 +215,21 @@ fn exec_passes_env_and_cwd() {
 }
 
 #[test]
+fn exec_runs_as_the_requested_numeric_uid_and_gid() {
+    if !is_root() {
+        eprintln!("skipped: changing uid needs root");
+        return;
+    }
+    let (_r, session) = connect();
+    let mut req = sh("id -u; id -g");
+    req.uid = Some(65534);
+    req.gid = Some(65533);
+    let (out, err, status) = run(&session, &req);
+    assert_eq!(String::from_utf8_lossy(&out), "65534\n65533\n", "{err:?}");
+    assert_eq!(status, ExitStatus::Code(0));
+}
+
+#[test]
 fn exec_sends_stdin_to_cat() {
     let (_r, session) = connect();
     let mut req = ExecRequest::new(["cat"]);
@@ -274,6 +289,43 @@ fn exec_moves_64_mib_through_cat_both_ways_intact() {
     assert_eq!(received, LEN);
     assert_eq!(crc, sent_crc);
     assert_eq!(proc.wait().expect("wait"), ExitStatus::Code(0));
+}
+
+#[test]
+fn exec_output_waits_in_pipes_for_a_late_exec_io() {
+    let (_r, session) = connect();
+    let req = sh("echo early; echo early-err >&2");
+    let (control, reply) = session
+        .open_with_reply(service::EXEC, &req.encode())
+        .expect("exec");
+    let reply = service::ExecReply::decode(&reply).expect("reply");
+    // The process has long finished when its stdio is opened.
+    thread::sleep(Duration::from_millis(300));
+    let open = |fd| {
+        let io = service::ExecIo {
+            exec_id: reply.exec_id,
+            fd,
+        };
+        let s = session
+            .open(service::EXEC_IO, &io.encode())
+            .expect("exec.io");
+        s.shutdown_write().unwrap();
+        s
+    };
+    let (mut out, mut err) = (open(1), open(2));
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    out.read_to_end(&mut a).unwrap();
+    err.read_to_end(&mut b).unwrap();
+    assert_eq!(a, b"early\n");
+    assert_eq!(b, b"early-err\n");
+    let mut decoder = service::ControlDecoder::new();
+    let mut bytes = Vec::new();
+    (&control).read_to_end(&mut bytes).unwrap();
+    decoder.push(&bytes).unwrap();
+    assert_eq!(
+        decoder.next_msg().unwrap(),
+        Some(service::ControlMsg::Exit(ExitStatus::Code(0)))
+    );
 }
 
 #[test]
@@ -515,6 +567,50 @@ fn copy_put_that_fails_leaves_no_partial_file() {
         std::fs::read_dir(&dir).unwrap().count() == 1
     });
     assert_eq!(std::fs::read(&remote).unwrap(), b"original");
+}
+
+#[test]
+fn copy_put_with_fewer_bytes_than_announced_fails_on_the_agent() {
+    let (_r, session) = connect();
+    let dir = temp_dir("short");
+    let remote = dir.join("short");
+    let req = service::CopyRequest::Put {
+        path: remote.to_string_lossy().into_owned(),
+        mode: 0o644,
+        size: 10,
+    };
+    let (control, reply) = session
+        .open_with_reply(service::COPY, &req.encode())
+        .expect("copy");
+    let ready = service::CopyReady::decode(&reply).expect("reply");
+    let data = session
+        .open(
+            service::COPY_DATA,
+            &service::CopyData {
+                copy_id: ready.copy_id,
+            }
+            .encode(),
+        )
+        .expect("copy.data");
+    (&data).write_all(b"abc").unwrap();
+    data.shutdown_write().unwrap();
+    let mut bytes = Vec::new();
+    (&control).read_to_end(&mut bytes).unwrap();
+    let mut decoder = service::ControlDecoder::new();
+    decoder.push(&bytes).unwrap();
+    let Some(service::ControlMsg::CopyResult(result)) = decoder.next_msg().unwrap() else {
+        panic!("no copy result in {bytes:?}");
+    };
+    assert!(!result.ok);
+    assert_eq!(
+        result.message,
+        format!(
+            "copy {}: size mismatch: 10 bytes announced, 3 received",
+            remote.display()
+        )
+    );
+    assert!(!remote.exists());
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
 }
 
 #[test]

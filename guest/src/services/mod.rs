@@ -398,10 +398,11 @@ fn serve_forward(ctx: &mut Ctx, incoming: Incoming) {
         Err(e) => return reject_args(incoming, &e),
     };
     let connected: std::io::Result<std::os::fd::OwnedFd> = match &target {
+        // Loopback connects complete at once unless the backlog is full: bound the wait.
         ForwardTarget::Tcp(addr) => {
-            std::net::TcpStream::connect_timeout(addr, Duration::from_secs(5)).map(Into::into)
+            std::net::TcpStream::connect_timeout(addr, FORWARD_CONNECT_TIMEOUT).map(Into::into)
         }
-        ForwardTarget::Unix(path) => std::os::unix::net::UnixStream::connect(path).map(Into::into),
+        ForwardTarget::Unix(path) => connect_unix_nonblocking(path),
     };
     let socket = match connected {
         Ok(s) => s,
@@ -429,6 +430,24 @@ fn serve_forward(ctx: &mut Ctx, incoming: Incoming) {
         }
         Err(e) => log::debug!("forward: {e}"),
     }
+}
+
+/// The longest a `forward` to a loopback TCP port may hold up the service loop.
+const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Connects a unix stream socket without blocking: a full backlog is `EAGAIN`, not a stall
+/// of the one service thread.
+fn connect_unix_nonblocking(path: &std::path::Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let addr = UnixAddr::new(path)?;
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr)?;
+    Ok(fd)
 }
 
 /// How a reaped child's status is reported.
