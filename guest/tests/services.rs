@@ -374,7 +374,8 @@ fn exec_on_a_pty_sees_a_resize() {
     let (_r, session) = connect();
     // The resize travels on the control stream, not in the terminal's input, so the program
     // polls for it rather than being told by a line on stdin (the two streams are not ordered).
-    let mut req = sh("stty size; while [ \"$(stty size)\" = \"24 80\" ]; do sleep 0.05; done; stty size");
+    let mut req =
+        sh("stty size; while [ \"$(stty size)\" = \"24 80\" ]; do sleep 0.05; done; stty size");
     req.pty = Some(PtySize { rows: 24, cols: 80 });
     let mut proc = service::exec(&session, &req).expect("exec");
     let mut stdout = proc.take_stdout().expect("stdout");
