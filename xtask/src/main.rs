@@ -26,6 +26,8 @@ commands:
                            of vmux-agent (run again without it to go back).
   test [ARGS...]           vm-assets, then `cargo test --workspace ARGS...` with
                            VMUX_VM_TESTS=1 (VM tests fail instead of skipping)
+  bench [NAME] [OPTIONS]   `cargo run --release -p vmux-bench -- NAME OPTIONS`: throughput,
+                           latency, pty, footprint or all (see BENCHMARKS.md)
   help, --help, -h         show this text
 ";
 
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         }
         Some("vm-assets") => vm_assets(&rest).map(|_| ExitCode::SUCCESS),
         Some("test") => test(&rest),
+        Some("bench") => bench(&rest),
         Some(other) => Err(format!("unknown command `{other}`\n\n{USAGE}")),
     };
     match result {
@@ -80,6 +83,22 @@ fn vm_assets(args: &[String]) -> Result<()> {
         }
     }
     assets::vm_assets(&workspace_root(), &opts).map(drop)
+}
+
+/// `cargo xtask bench [NAME] [OPTIONS]`: the benchmarks of the `vmux-bench` crate.
+fn bench(args: &[String]) -> Result<ExitCode> {
+    let mut cmd = util::cargo();
+    cmd.current_dir(workspace_root())
+        .args(["run", "--release", "-p", "vmux-bench", "--"])
+        .args(args);
+    let status = cmd
+        .status()
+        .map_err(|e| format!("could not start cargo run: {e}"))?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// `cargo xtask test [ARGS...]`: assets, then the whole workspace's tests with VM tests required.
