@@ -48,6 +48,11 @@ use std::fmt;
 use std::num::Wrapping;
 use std::time::Duration;
 
+/// Most framed send buffers kept for reuse.
+const MAX_SPENT: usize = 8;
+/// Larger send buffers are freed rather than kept.
+const SPENT_MAX_CAP: usize = 256 << 10;
+
 /// A stream id (odd: opened by the client; even: opened by the server).
 pub type StreamId = u32;
 
@@ -508,6 +513,8 @@ pub struct Mux {
     granted_total: usize,
     out: Vec<u8>,
     out_pos: usize,
+    /// Send buffers whose bytes were all framed, kept for reuse (see [`Mux::take_spent`]).
+    spent: Vec<Vec<u8>>,
     events: VecDeque<Event>,
     live: Liveness,
     drain: Drain,
@@ -542,6 +549,7 @@ impl Mux {
             granted_total: 0,
             out: Vec::new(),
             out_pos: 0,
+            spent: Vec::new(),
             events: VecDeque::new(),
             live: Liveness {
                 last_rx: now,
@@ -872,9 +880,17 @@ impl Mux {
     pub fn send(&mut self, id: StreamId, data: &[u8]) -> Result<usize, MuxError> {
         let n = self.send_capacity_checked(id)?.min(data.len());
         if n > 0 {
-            self.queue_tx(id, data[..n].to_vec());
+            let mut buf = self.spent.pop().unwrap_or_default();
+            buf.extend_from_slice(&data[..n]);
+            self.queue_tx(id, buf);
         }
         Ok(n)
+    }
+
+    /// A cleared send buffer whose bytes were all framed, for the caller to fill and pass to
+    /// [`Mux::send_owned`] again: steady streaming then allocates (and page-faults) nothing.
+    pub fn take_spent(&mut self) -> Option<Vec<u8>> {
+        self.spent.pop()
     }
 
     /// Queues an owned buffer without copying it; it must fit in [`Mux::send_capacity`],
@@ -1745,7 +1761,12 @@ impl Mux {
                     stream.tx_head += take;
                     left -= take;
                     if stream.tx_head == front.len() {
-                        stream.tx.pop_front();
+                        if let Some(mut buf) = stream.tx.pop_front() {
+                            if self.spent.len() < MAX_SPENT && buf.capacity() <= SPENT_MAX_CAP {
+                                buf.clear();
+                                self.spent.push(buf);
+                            }
+                        }
                         stream.tx_head = 0;
                     }
                 }
