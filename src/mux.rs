@@ -97,7 +97,7 @@ impl Config {
             max_frame: 64 << 10,
             max_streams: 1024,
             stream_window: 256 << 10,
-            max_buffered: 16 << 20,
+            max_buffered: 1 << 20,
             chunk: 64 << 10,
             payload_crc: false,
             keepalive_interval: Some(Duration::from_secs(15)),
@@ -964,13 +964,22 @@ impl Mux {
         let n = n.min(stream.granted_unconsumed());
         stream.rx_consumed += Wrapping(n as u32);
         self.granted_total -= n;
+        // Consumption freed budget: streams that went without come first, so that a busy
+        // stream cannot keep the whole budget to itself.
+        self.feed_starved(id);
         self.grant_credit(id);
-        // Consumption freed budget: give it to streams that went without.
+    }
+
+    /// Offers freed budget to the streams that wanted more than it allowed (except `skip`).
+    fn feed_starved(&mut self, skip: StreamId) {
         for _ in 0..self.starved.len() {
+            if self.granted_total >= self.config.max_buffered {
+                break;
+            }
             let Some(other) = self.starved.pop_front() else {
                 break;
             };
-            if other != id {
+            if other != skip {
                 self.grant_credit(other);
             }
         }
@@ -1413,6 +1422,10 @@ impl Mux {
                 self.local_open_count -= 1;
             } else {
                 self.peer_open_count -= 1;
+            }
+            // Its unconsumed grant is free again: streams waiting for budget may have it.
+            if self.phase != Phase::Terminated {
+                self.feed_starved(id);
             }
         }
     }
@@ -2021,5 +2034,52 @@ mod tests {
         p.a.handle_timeout(later);
         assert_eq!(p.a.phase(), Phase::Established);
         assert_eq!(p.a.counters().pauses, 1);
+    }
+
+    /// Two streams accepted by a server whose budget fits one window: (pair, first, second).
+    fn budget_for_one_window() -> (Pair, StreamId, StreamId) {
+        let mut server = Config::new(Role::Server, 2);
+        server.stream_window = 16 << 10;
+        server.max_buffered = 16 << 10;
+        let mut p = Pair::with(Config::new(Role::Client, 1), server);
+        let first = p.a.open("svc", b"").unwrap();
+        let second = p.a.open("svc", b"").unwrap();
+        p.run();
+        for _ in 0..2 {
+            let (id, _, _) = p.take_incoming();
+            p.b.accept(id, b"").unwrap();
+        }
+        p.run();
+        assert_eq!(p.a.send_capacity(first), 16 << 10);
+        assert_eq!(p.a.send_capacity(second), 0, "the budget is spent");
+        (p, first, second)
+    }
+
+    #[test]
+    fn consumed_budget_goes_to_a_starved_stream_first() {
+        let (mut p, first, second) = budget_for_one_window();
+        p.a.send(first, &[1u8; 16 << 10]).unwrap();
+        p.run();
+        assert_eq!(Pair::drain_rx(&mut p.b, first).len(), 16 << 10);
+        p.run();
+        assert_eq!(
+            p.a.send_capacity(second),
+            16 << 10,
+            "the starved stream is served"
+        );
+        assert_eq!(
+            p.a.send_capacity(first),
+            0,
+            "the busy stream waits its turn"
+        );
+        assert!(p.b.buffered().granted <= 16 << 10);
+    }
+
+    #[test]
+    fn an_ended_stream_frees_budget_for_a_starved_one() {
+        let (mut p, first, second) = budget_for_one_window();
+        p.a.reset(first, ErrorCode::CANCEL, "").unwrap();
+        p.run();
+        assert_eq!(p.a.send_capacity(second), 16 << 10);
     }
 }

@@ -1076,6 +1076,8 @@ impl Core {
                         close_requested: false,
                     },
                 );
+                // Tell the writer how much the peer's initial credit lets it queue.
+                s.move_tx(id);
             }
             AcceptAs::Pump(spec) => {
                 let from = spec.from_fd.map(|fd| {
@@ -1627,6 +1629,7 @@ impl SessionEntry {
                             close_requested: false,
                         },
                     );
+                    self.move_tx(id);
                     if tx.send(Ok((id, reply))).is_err() {
                         // The opener gave up waiting: behave as if it dropped the stream.
                         self.drop_handle(id);
@@ -1976,9 +1979,12 @@ impl SessionEntry {
             st.tx_len -= n;
             moved = true;
         }
+        let credit = self.mux.send_capacity(id);
+        let credit_grew = credit > st.credit;
+        st.credit = credit;
         let shut = matches!(st.tx_end, TxEnd::Shut) || close_requested;
         let close_now = shut && st.tx.is_empty();
-        if moved {
+        if moved || credit_grew {
             shared.notify(st);
         } else {
             drop(st);

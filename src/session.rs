@@ -164,6 +164,10 @@ pub(crate) struct StreamState {
     pub tx_end: TxEnd,
     /// A `Tx` command is already on its way to the reactor.
     pub tx_notified: bool,
+    /// Bytes the mux would take for this stream when the reactor last looked (the peer's
+    /// credit): the writer queues no more than this, so unsent data never exceeds what the
+    /// peer agreed to buffer.
+    pub credit: usize,
     /// Application threads waiting on the condition variable (the reactor skips the wake-up
     /// system call when there are none).
     pub waiters: u32,
@@ -193,6 +197,7 @@ impl StreamShared {
                 tx_len: 0,
                 tx_end: TxEnd::Open,
                 tx_notified: false,
+                credit: 0,
                 waiters: 0,
             }),
             cond: Condvar::new(),
@@ -498,7 +503,7 @@ impl Stream {
                 }
                 TxEnd::Open => {}
             }
-            let room = self.shared.tx_cap.saturating_sub(st.tx_len);
+            let room = self.shared.tx_cap.min(st.credit).saturating_sub(st.tx_len);
             if room > 0 {
                 let n = room.min(buf.len());
                 let mut chunk = self.reactor.pool().take();
@@ -517,7 +522,7 @@ impl Stream {
             }
             let (g, timed_out) = wait_until(&self.shared.cond, st, deadline);
             st = g;
-            if timed_out && self.shared.tx_cap <= st.tx_len {
+            if timed_out && self.shared.tx_cap.min(st.credit) <= st.tx_len {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "write timed out waiting for credit",
