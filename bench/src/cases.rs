@@ -36,6 +36,11 @@ fn spawn<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> thread::J
 
 /// Writes `len` bytes in `CHUNK` writes.
 fn write_n(mut w: impl Write, len: u64) {
+    write_n_ref(&mut w, len)
+}
+
+/// Writes `len` bytes in `CHUNK` writes, keeping the writer.
+fn write_n_ref(w: &mut impl Write, len: u64) {
     let src = source();
     let mut left = len;
     while left > 0 {
@@ -46,10 +51,15 @@ fn write_n(mut w: impl Write, len: u64) {
 }
 
 /// Reads to EOF with a `buf_len` buffer; returns the byte count.
-fn read_all(mut r: impl Read, buf_len: usize) -> u64 {
+fn read_all(r: impl Read, buf_len: usize) -> u64 {
+    read_upto(r, buf_len, u64::MAX)
+}
+
+/// Reads to EOF or until `limit` bytes arrived; returns the byte count.
+fn read_upto(mut r: impl Read, buf_len: usize, limit: u64) -> u64 {
     let mut buf = vec![0u8; buf_len];
     let mut total = 0u64;
-    loop {
+    while total < limit {
         match r.read(&mut buf) {
             Ok(0) => return total,
             Ok(n) => total += n as u64,
@@ -57,11 +67,14 @@ fn read_all(mut r: impl Read, buf_len: usize) -> u64 {
             Err(e) => panic!("read: {e}"),
         }
     }
+    total
 }
 
 // ----- raw -----
 
-/// One writer thread and one reader thread over a byte pipe (socketpair or pty).
+/// One writer thread and one reader thread over a byte pipe (socketpair or pty). The reader
+/// stops at `size` bytes and the writer's end stays open until then: closing a pty master
+/// discards what the slave has not read, and the slave then reads EIO, not EOF.
 pub fn raw_throughput(
     w: impl Write + Send + 'static,
     r: impl Read + Send + 'static,
@@ -69,11 +82,16 @@ pub fn raw_throughput(
     read_buf: usize,
 ) -> Duration {
     let start = Instant::now();
-    let writer = spawn(move || write_n(w, size));
-    let reader = spawn(move || read_all(r, read_buf));
-    writer.join().expect("writer");
+    let mut w = w;
+    let writer = spawn(move || {
+        write_n_ref(&mut w, size);
+        w
+    });
+    let reader = spawn(move || read_upto(r, read_buf, size));
+    let w = writer.join().expect("writer");
     let got = reader.join().expect("reader");
     let elapsed = start.elapsed();
+    drop(w);
     assert_eq!(got, size, "raw: short read");
     elapsed
 }
