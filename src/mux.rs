@@ -16,10 +16,11 @@
 //!   application took every byte; RESET(code) ends it at once in both directions.
 //! - **Credit.** Per stream and direction, the receiver grants an absolute limit: the sender may
 //!   have sent at most `limit` bytes (mod 2^32) in total. `available = limit - sent`. The
-//!   receiver raises the limit with CREDIT as the application consumes, never lowers it, and
-//!   the sum of what it has granted but the application has not consumed stays under
-//!   `max_buffered`: that, and nothing else, bounds receive memory. DATA beyond the limit gets
-//!   RESET(FLOW_CONTROL).
+//!   receiver raises the limit with CREDIT as the application consumes, never lowers it. Every
+//!   stream may always have `min_window` granted and unconsumed (so idle streams cannot starve
+//!   the others); what a stream holds above that comes from a shared `max_buffered` budget.
+//!   Receive memory is therefore bounded by `max_streams * min_window + max_buffered` whatever
+//!   the peer does. DATA beyond the limit gets RESET(FLOW_CONTROL).
 //! - **Keepalive.** After `keepalive_interval` without any frame from the peer, send PING; if
 //!   nothing arrives within `keepalive_timeout` after it, the session ends with TIMEOUT. A timer
 //!   call that comes more than half a timeout after its deadline means this process was frozen
@@ -48,6 +49,11 @@ use std::fmt;
 use std::num::Wrapping;
 use std::time::Duration;
 
+/// Most framed send buffers kept for reuse.
+const MAX_SPENT: usize = 8;
+/// Larger send buffers are freed rather than kept.
+const SPENT_MAX_CAP: usize = 256 << 10;
+
 /// A stream id (odd: opened by the client; even: opened by the server).
 pub type StreamId = u32;
 
@@ -62,7 +68,9 @@ pub struct Config {
     pub max_streams: u32,
     /// Receive window per stream: credit is raised to `consumed + stream_window`.
     pub stream_window: u32,
-    /// Most bytes granted to the peer and not yet consumed, over all streams.
+    /// Credit every stream may always have outstanding (and starts with), outside the budget.
+    pub min_window: u32,
+    /// Credit outstanding above `min_window`, summed over all streams: the shared budget.
     pub max_buffered: usize,
     /// Largest DATA payload per scheduling turn, so one stream cannot starve the others.
     pub chunk: usize,
@@ -92,7 +100,8 @@ impl Config {
             max_frame: 64 << 10,
             max_streams: 1024,
             stream_window: 256 << 10,
-            max_buffered: 16 << 20,
+            min_window: 16 << 10,
+            max_buffered: 1 << 20,
             chunk: 64 << 10,
             payload_crc: false,
             keepalive_interval: Some(Duration::from_secs(15)),
@@ -297,6 +306,8 @@ pub struct Buffered {
     pub decoder: usize,
     /// Credit granted to the peer and not yet consumed by the application (the receive bound).
     pub granted: usize,
+    /// The part of `granted` above each stream's `min_window`, which `max_buffered` bounds.
+    pub budget: usize,
 }
 
 /// The session's phase.
@@ -504,8 +515,12 @@ pub struct Mux {
     /// Streams that wanted more credit than the budget allowed.
     starved: VecDeque<StreamId>,
     granted_total: usize,
+    /// The part of `granted_total` above each stream's `min_window`.
+    budget_used: usize,
     out: Vec<u8>,
     out_pos: usize,
+    /// Send buffers whose bytes were all framed, kept for reuse (see [`Mux::take_spent`]).
+    spent: Vec<Vec<u8>>,
     events: VecDeque<Event>,
     live: Liveness,
     drain: Drain,
@@ -538,8 +553,10 @@ impl Mux {
             ring: VecDeque::new(),
             starved: VecDeque::new(),
             granted_total: 0,
+            budget_used: 0,
             out: Vec::new(),
             out_pos: 0,
+            spent: Vec::new(),
             events: VecDeque::new(),
             live: Liveness {
                 last_rx: now,
@@ -603,6 +620,7 @@ impl Mux {
             output: self.out.len() - self.out_pos,
             decoder: self.decoder.buffered(),
             granted: self.granted_total,
+            budget: self.budget_used,
         }
     }
 
@@ -798,12 +816,10 @@ impl Mux {
             max: peer_max_streams,
         })?;
         let mut stream = Stream::new(Opening::Sent);
-        let grant = self.take_budget(self.config.stream_window as usize);
+        // An idle stream holds only its guaranteed minimum; it grows as it is used.
+        let grant = self.allow(0, self.config.min_window as usize);
         stream.rx_limit = Wrapping(grant as u32);
         self.streams.insert(id, stream);
-        if grant < self.config.stream_window as usize {
-            self.starved.push_back(id);
-        }
         self.local_open_count += 1;
         self.counters.streams_opened += 1;
         self.control.push_back(Control::Open {
@@ -823,7 +839,6 @@ impl Mux {
                 max,
             });
         }
-        let window = self.config.stream_window as usize;
         let stream = self
             .streams
             .get_mut(&id)
@@ -832,12 +847,9 @@ impl Mux {
             return Err(MuxError::WrongState(id));
         }
         stream.opening = Opening::Done;
-        let grant = self.take_budget(window);
+        let grant = self.allow(0, self.config.min_window as usize);
         if let Some(stream) = self.streams.get_mut(&id) {
             stream.rx_limit = Wrapping(grant as u32);
-        }
-        if grant < window {
-            self.starved.push_back(id);
         }
         self.control.push_back(Control::OpenOk {
             id,
@@ -877,9 +889,17 @@ impl Mux {
     pub fn send(&mut self, id: StreamId, data: &[u8]) -> Result<usize, MuxError> {
         let n = self.send_capacity_checked(id)?.min(data.len());
         if n > 0 {
-            self.queue_tx(id, data[..n].to_vec());
+            let mut buf = self.spent.pop().unwrap_or_default();
+            buf.extend_from_slice(&data[..n]);
+            self.queue_tx(id, buf);
         }
         Ok(n)
+    }
+
+    /// A cleared send buffer whose bytes were all framed, for the caller to fill and pass to
+    /// [`Mux::send_owned`] again: steady streaming then allocates (and page-faults) nothing.
+    pub fn take_spent(&mut self) -> Option<Vec<u8>> {
+        self.spent.pop()
     }
 
     /// Queues an owned buffer without copying it; it must fit in [`Mux::send_capacity`],
@@ -950,19 +970,30 @@ impl Mux {
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
-        let n = n.min(stream.granted_unconsumed());
+        let before = stream.granted_unconsumed();
+        let n = n.min(before);
         stream.rx_consumed += Wrapping(n as u32);
         self.granted_total -= n;
-        // Consumption freed budget: streams that went without are served first, in turn.
+        self.budget_used -= self.share(before) - self.share(before - n);
+        // Consumption freed budget: streams that went without come first, so that a busy
+        // stream cannot keep the whole budget to itself.
+        self.feed_starved(id);
+        self.grant_credit(id);
+    }
+
+    /// Offers freed budget to the streams that wanted more than it allowed (except `skip`).
+    fn feed_starved(&mut self, skip: StreamId) {
         for _ in 0..self.starved.len() {
+            if self.budget_used >= self.config.max_buffered {
+                break;
+            }
             let Some(other) = self.starved.pop_front() else {
                 break;
             };
-            if other != id {
+            if other != skip {
                 self.grant_credit(other);
             }
         }
-        self.grant_credit(id);
     }
 
     /// Half-closes `id`: CLOSE follows the data already queued.
@@ -1397,11 +1428,17 @@ impl Mux {
 
     fn remove_stream(&mut self, id: StreamId) {
         if let Some(stream) = self.streams.remove(&id) {
-            self.granted_total -= stream.granted_unconsumed().min(self.granted_total);
+            let out = stream.granted_unconsumed();
+            self.granted_total -= out.min(self.granted_total);
+            self.budget_used -= self.share(out).min(self.budget_used);
             if self.config.role.owns(id) {
                 self.local_open_count -= 1;
             } else {
                 self.peer_open_count -= 1;
+            }
+            // Its unconsumed grant is free again: streams waiting for budget may have it.
+            if self.phase != Phase::Terminated {
+                self.feed_starved(id);
             }
         }
     }
@@ -1424,11 +1461,21 @@ impl Mux {
         }
     }
 
-    /// Takes up to `want` bytes from the receive budget.
-    fn take_budget(&mut self, want: usize) -> usize {
-        let grant = want.min(self.config.max_buffered.saturating_sub(self.granted_total));
-        self.granted_total += grant;
-        grant
+    /// The part of a stream's outstanding credit that counts against the shared budget.
+    fn share(&self, outstanding: usize) -> usize {
+        outstanding.saturating_sub(self.config.min_window as usize)
+    }
+
+    /// How much of `want` more credit a stream with `outstanding` credit may have: up to its
+    /// guaranteed minimum for free, the rest from the shared budget.
+    fn allow(&mut self, outstanding: usize, want: usize) -> usize {
+        let free = (self.config.min_window as usize)
+            .saturating_sub(outstanding)
+            .min(want);
+        let extra = (want - free).min(self.config.max_buffered.saturating_sub(self.budget_used));
+        self.budget_used += extra;
+        self.granted_total += free + extra;
+        free + extra
     }
 
     /// Raises `id`'s limit towards `consumed + window` once a quarter window was consumed.
@@ -1445,7 +1492,7 @@ impl Mux {
         if want < window / 4 {
             return;
         }
-        let grant = self.take_budget(want);
+        let grant = self.allow(outstanding, want);
         if grant < want && !self.starved.contains(&id) {
             self.starved.push_back(id);
         }
@@ -1750,7 +1797,12 @@ impl Mux {
                     stream.tx_head += take;
                     left -= take;
                     if stream.tx_head == front.len() {
-                        stream.tx.pop_front();
+                        if let Some(mut buf) = stream.tx.pop_front() {
+                            if self.spent.len() < MAX_SPENT && buf.capacity() <= SPENT_MAX_CAP {
+                                buf.clear();
+                                self.spent.push(buf);
+                            }
+                        }
                         stream.tx_head = 0;
                     }
                 }
@@ -2276,33 +2328,94 @@ mod tests {
     }
 
     #[test]
-    fn credit_is_granted_within_the_session_budget() {
-        let mut client = Config::new(Role::Client, 1);
-        client.stream_window = 64 << 10;
-        client.max_buffered = 100 << 10;
-        let mut p = Pair::with(client, Config::new(Role::Server, 2));
-        let ids: Vec<StreamId> = (0..3).map(|_| p.a.open("svc", b"").unwrap()).collect();
-        // 64 KiB for the first, 36 KiB for the second, nothing for the third.
-        assert_eq!(p.a.buffered().granted, 100 << 10);
+    fn idle_streams_hold_only_the_minimum_window() {
+        let mut server = Config::new(Role::Server, 2);
+        server.min_window = 4 << 10;
+        server.stream_window = 64 << 10;
+        server.max_buffered = 64 << 10;
+        let mut p = Pair::with(Config::new(Role::Client, 1), server);
+        let idle: Vec<StreamId> = (0..100).map(|_| p.a.open("svc", b"").unwrap()).collect();
+        let active = p.a.open("svc", b"").unwrap();
         p.run();
-        for _ in 0..3 {
-            let (bid, _, _) = p.take_incoming();
-            p.b.accept(bid, b"").unwrap();
+        for _ in 0..101 {
+            let (id, _, _) = p.take_incoming();
+            p.b.accept(id, b"").unwrap();
         }
         p.run();
-        assert_eq!(p.b.send_capacity(ids[0]), 64 << 10);
-        assert_eq!(p.b.send_capacity(ids[1]), 36 << 10);
-        assert_eq!(p.b.send_capacity(ids[2]), 0);
-        // The first stream's data is consumed: the starved streams get credit.
-        p.b.send(ids[0], &vec![1u8; 64 << 10]).unwrap();
-        p.run();
-        let got = Pair::drain_rx(&mut p.a, ids[0]);
-        assert_eq!(got.len(), 64 << 10);
-        p.run();
-        assert!(
-            p.b.send_capacity(ids[2]) > 0,
-            "the starved stream got credit"
+        assert_eq!(p.b.buffered().granted, 101 * (4 << 10));
+        assert_eq!(
+            p.b.buffered().budget,
+            0,
+            "idle streams take nothing from the budget"
         );
-        assert!(p.a.buffered().granted <= 100 << 10);
+        assert!(idle.iter().all(|id| p.a.send_capacity(*id) == 4 << 10));
+        // The one busy stream still grows to a full window from the budget.
+        p.a.send(active, &[7u8; 4 << 10]).unwrap();
+        p.run();
+        assert_eq!(Pair::drain_rx(&mut p.b, active).len(), 4 << 10);
+        p.run();
+        assert_eq!(p.a.send_capacity(active), 64 << 10);
+        assert_eq!(p.b.buffered().budget, 60 << 10);
+    }
+
+    /// Two streams whose receiver's budget fits one grown window: (pair, first, second), with
+    /// `first` grown to 20 KiB and `second` starved at its 4 KiB minimum.
+    fn budget_for_one_window() -> (Pair, StreamId, StreamId) {
+        let mut server = Config::new(Role::Server, 2);
+        server.min_window = 4 << 10;
+        server.stream_window = 20 << 10;
+        server.max_buffered = 16 << 10;
+        let mut p = Pair::with(Config::new(Role::Client, 1), server);
+        let first = p.a.open("svc", b"").unwrap();
+        let second = p.a.open("svc", b"").unwrap();
+        p.run();
+        for _ in 0..2 {
+            let (id, _, _) = p.take_incoming();
+            p.b.accept(id, b"").unwrap();
+        }
+        p.run();
+        for id in [first, second] {
+            assert_eq!(
+                p.a.send_capacity(id),
+                4 << 10,
+                "every stream starts with its minimum"
+            );
+            p.a.send(id, &[1u8; 4 << 10]).unwrap();
+            p.run();
+            assert_eq!(Pair::drain_rx(&mut p.b, id).len(), 4 << 10);
+            p.run();
+        }
+        assert_eq!(p.a.send_capacity(first), 20 << 10);
+        assert_eq!(p.a.send_capacity(second), 4 << 10, "the budget is spent");
+        assert_eq!(p.b.buffered().budget, 16 << 10);
+        (p, first, second)
+    }
+
+    #[test]
+    fn consumed_budget_goes_to_a_starved_stream_first() {
+        let (mut p, first, second) = budget_for_one_window();
+        p.a.send(first, &[1u8; 20 << 10]).unwrap();
+        p.run();
+        assert_eq!(Pair::drain_rx(&mut p.b, first).len(), 20 << 10);
+        p.run();
+        assert_eq!(
+            p.a.send_capacity(second),
+            20 << 10,
+            "the starved stream is served"
+        );
+        assert_eq!(
+            p.a.send_capacity(first),
+            4 << 10,
+            "the busy stream waits its turn"
+        );
+        assert!(p.b.buffered().budget <= 16 << 10);
+    }
+
+    #[test]
+    fn an_ended_stream_frees_budget_for_a_starved_one() {
+        let (mut p, first, second) = budget_for_one_window();
+        p.a.reset(first, ErrorCode::CANCEL, "").unwrap();
+        p.run();
+        assert_eq!(p.a.send_capacity(second), 20 << 10);
     }
 }

@@ -17,8 +17,8 @@
 
 use crate::mux::{Config, Event, Mux, Phase, StreamId, Termination};
 use crate::session::{
-    ChannelEvent, ChannelEventKind, Incoming, PumpDone, PumpSpec, RxEnd, Session, SessionError,
-    SessionShared, SessionStats, StreamShared, TxEnd,
+    BufPool, ChannelEvent, ChannelEventKind, Incoming, PumpDone, PumpSpec, RxEnd, Session,
+    SessionError, SessionShared, SessionStats, StreamShared, TxEnd,
 };
 use crate::time::Clock;
 use crate::transport::{set_nonblocking, Link, LinkKind, UnixLinkListener};
@@ -30,6 +30,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -45,7 +46,7 @@ const PUMP_CHUNK: usize = 64 << 10;
 /// Bytes a stream handle may queue for writing before the writer blocks.
 const HANDLE_TX_CAP: usize = 256 << 10;
 /// A reader reports consumption to the reactor every this many bytes (and before it waits).
-const HANDLE_REPORT_EVERY: usize = 32 << 10;
+const HANDLE_REPORT_EVERY: usize = 64 << 10;
 /// Most bytes a channel stream may queue for sending before it is reset with OVERLOAD.
 const CHANNEL_TX_CAP: usize = 1 << 20;
 
@@ -236,6 +237,10 @@ impl fmt::Debug for Command {
 pub struct ReactorHandle {
     tx: Sender<Command>,
     waker: Arc<Waker>,
+    /// Set while the loop is (about to be) blocked in `poll`: only then does a command need
+    /// the waker's system call; a running loop drains the channel before it polls again.
+    sleeping: Arc<AtomicBool>,
+    pool: Arc<BufPool>,
 }
 
 impl ReactorHandle {
@@ -243,7 +248,17 @@ impl ReactorHandle {
         self.tx
             .send(command)
             .map_err(|_| SessionError::ReactorGone)?;
-        self.waker.wake().map_err(SessionError::Io)
+        // Pairs with the fence in `Core::run`: either the loop sees this command before it
+        // sleeps, or this thread sees that it sleeps.
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) {
+            self.waker.wake().map_err(SessionError::Io)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn pool(&self) -> &BufPool {
+        &self.pool
     }
 
     pub(crate) fn new_stream_shared(&self) -> Arc<StreamShared> {
@@ -325,7 +340,12 @@ impl Reactor {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = crossbeam_channel::unbounded();
-        let handle = ReactorHandle { tx, waker };
+        let handle = ReactorHandle {
+            tx,
+            waker,
+            sleeping: Arc::default(),
+            pool: Arc::default(),
+        };
         let mut core = Core::new(poll, rx, handle.clone());
         let thread = std::thread::Builder::new()
             .name("vmux-reactor".into())
@@ -555,12 +575,22 @@ impl Core {
     fn run(&mut self) {
         let mut events = Events::with_capacity(256);
         while self.running {
-            let timeout = if self.busy {
+            let mut timeout = if self.busy {
                 Some(Duration::ZERO)
             } else {
                 self.next_timeout()
             };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            if timeout != Some(Duration::ZERO) {
+                self.handle.sleeping.store(true, Ordering::Relaxed);
+                // Pairs with the fence in `ReactorHandle::send`.
+                fence(Ordering::SeqCst);
+                if !self.commands.is_empty() {
+                    timeout = Some(Duration::ZERO);
+                }
+            }
+            let polled = self.poll.poll(&mut events, timeout);
+            self.handle.sleeping.store(false, Ordering::Relaxed);
+            if let Err(e) = polled {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("poll failed: {e}");
                     break;
@@ -1054,6 +1084,8 @@ impl Core {
                         close_requested: false,
                     },
                 );
+                // Tell the writer how much the peer's initial credit lets it queue.
+                s.move_tx(id);
             }
             AcceptAs::Pump(spec) => {
                 let from = spec.from_fd.map(|fd| {
@@ -1359,6 +1391,9 @@ impl Core {
             progress |= s.process_events();
             if s.writable {
                 progress |= s.flush();
+                while let Some(buf) = s.mux.take_spent() {
+                    s.handle.pool().give(buf);
+                }
             }
             progress |= s.process_events();
             if !progress || rounds > 64 {
@@ -1609,6 +1644,7 @@ impl SessionEntry {
                             close_requested: false,
                         },
                     );
+                    self.move_tx(id);
                     if tx.send(Ok((id, reply))).is_err() {
                         // The opener gave up waiting: behave as if it dropped the stream.
                         self.drop_handle(id);
@@ -1839,9 +1875,8 @@ impl SessionEntry {
                     st.rx.push_back(chunk);
                     any = true;
                 }
-                drop(st);
                 if any {
-                    shared.cond.notify_all();
+                    shared.notify(st);
                 }
             }
             Some(Endpoint::Handle { dropped: true, .. }) => {
@@ -1959,11 +1994,15 @@ impl SessionEntry {
             st.tx_len -= n;
             moved = true;
         }
+        let credit = self.mux.send_capacity(id);
+        let credit_grew = credit > st.credit;
+        st.credit = credit;
         let shut = matches!(st.tx_end, TxEnd::Shut) || close_requested;
         let close_now = shut && st.tx.is_empty();
-        drop(st);
-        if moved {
-            shared.cond.notify_all();
+        if moved || credit_grew {
+            shared.notify(st);
+        } else {
+            drop(st);
         }
         if close_now {
             let _ = self.mux.close(id);
@@ -2050,7 +2089,7 @@ impl SessionEntry {
                     if p.crc {
                         p.crc_sent = crc32c::crc32c_append(p.crc_sent, &buf[..n]);
                     }
-                    let _ = self.mux.send_owned(id, buf[..n].to_vec());
+                    let _ = self.mux.send(id, &buf[..n]);
                     p.sent += n as u64;
                     progress = true;
                 }

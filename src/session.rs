@@ -164,6 +164,13 @@ pub(crate) struct StreamState {
     pub tx_end: TxEnd,
     /// A `Tx` command is already on its way to the reactor.
     pub tx_notified: bool,
+    /// Bytes the mux would take for this stream when the reactor last looked (the peer's
+    /// credit): the writer queues no more than this, so unsent data never exceeds what the
+    /// peer agreed to buffer.
+    pub credit: usize,
+    /// Application threads waiting on the condition variable (the reactor skips the wake-up
+    /// system call when there are none).
+    pub waiters: u32,
 }
 
 /// A stream's shared state and its condition variable.
@@ -190,6 +197,8 @@ impl StreamShared {
                 tx_len: 0,
                 tx_end: TxEnd::Open,
                 tx_notified: false,
+                credit: 0,
+                waiters: 0,
             }),
             cond: Condvar::new(),
             tx_cap: tx_cap.max(1),
@@ -203,6 +212,15 @@ impl StreamShared {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Releases `st` and wakes the application threads waiting on it, if any.
+    pub fn notify(&self, st: MutexGuard<'_, StreamState>) {
+        let waiting = st.waiters > 0;
+        drop(st);
+        if waiting {
+            self.cond.notify_all();
+        }
     }
 
     /// Marks both directions failed and wakes every waiter.
@@ -221,25 +239,65 @@ impl StreamShared {
     }
 }
 
-/// Waits on `cond` until `deadline` (or forever); returns the guard and whether time ran out.
+/// Send buffers recycled between stream writers and the reactor (one pool per reactor), so
+/// that a steady writer reuses buffers whose pages are already mapped instead of allocating
+/// fresh ones (which the allocator returns to the kernel and page-faults back in).
+#[derive(Debug, Default)]
+pub(crate) struct BufPool {
+    bufs: Mutex<Vec<Vec<u8>>>,
+}
+
+impl BufPool {
+    /// Most buffers kept.
+    const MAX: usize = 16;
+
+    /// An empty buffer, recycled when one is available.
+    pub fn take(&self) -> Vec<u8> {
+        self.bufs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// Keeps `buf` (cleared) for reuse, unless the pool is full.
+    pub fn give(&self, mut buf: Vec<u8>) {
+        let mut bufs = self.bufs.lock().unwrap_or_else(|p| p.into_inner());
+        if bufs.len() < Self::MAX {
+            buf.clear();
+            bufs.push(buf);
+        }
+    }
+}
+
+/// Waits on `cond` until `deadline` (or forever), counted in `waiters`; returns the guard and
+/// whether time ran out.
 fn wait_until<'a>(
     cond: &Condvar,
-    guard: MutexGuard<'a, StreamState>,
+    mut guard: MutexGuard<'a, StreamState>,
     deadline: Option<Instant>,
 ) -> (MutexGuard<'a, StreamState>, bool) {
-    match deadline {
-        None => (cond.wait(guard).unwrap_or_else(|p| p.into_inner()), false),
+    let timeout = match deadline {
+        None => None,
         Some(d) => {
             let now = Instant::now();
             if now >= d {
                 return (guard, true);
             }
-            let (g, _) = cond
-                .wait_timeout(guard, d - now)
-                .unwrap_or_else(|p| p.into_inner());
-            (g, false)
+            Some(d - now)
         }
-    }
+    };
+    guard.waiters += 1;
+    let mut guard = match timeout {
+        None => cond.wait(guard).unwrap_or_else(|p| p.into_inner()),
+        Some(t) => {
+            cond.wait_timeout(guard, t)
+                .unwrap_or_else(|p| p.into_inner())
+                .0
+        }
+    };
+    guard.waiters -= 1;
+    (guard, false)
 }
 
 // ----- Stream -----
@@ -445,10 +503,12 @@ impl Stream {
                 }
                 TxEnd::Open => {}
             }
-            let room = self.shared.tx_cap.saturating_sub(st.tx_len);
+            let room = self.shared.tx_cap.min(st.credit).saturating_sub(st.tx_len);
             if room > 0 {
                 let n = room.min(buf.len());
-                st.tx.push_back(buf[..n].to_vec());
+                let mut chunk = self.reactor.pool().take();
+                chunk.extend_from_slice(&buf[..n]);
+                st.tx.push_back(chunk);
                 st.tx_len += n;
                 let notify = !std::mem::replace(&mut st.tx_notified, true);
                 drop(st);
@@ -462,7 +522,7 @@ impl Stream {
             }
             let (g, timed_out) = wait_until(&self.shared.cond, st, deadline);
             st = g;
-            if timed_out && self.shared.tx_cap <= st.tx_len {
+            if timed_out && self.shared.tx_cap.min(st.credit) <= st.tx_len {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "write timed out waiting for credit",

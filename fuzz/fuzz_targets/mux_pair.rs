@@ -37,7 +37,8 @@ fuzz_target!(|ops: Vec<Op>| {
     let now = Instant::from_millis(1);
     let mut cfg = |role| {
         let mut c = Config::new(role, role as u64);
-        c.stream_window = 4 << 10;
+                c.stream_window = 4 << 10;
+        c.min_window = 1 << 10;
         c.max_buffered = 16 << 10;
         c.chunk = 1 << 10;
         c
@@ -123,9 +124,11 @@ fuzz_target!(|ops: Vec<Op>| {
                     s.incoming.push(id);
                 }
             }
-            let b = s.mux.buffered();
-            assert!(b.granted <= 16 << 10);
-            assert!(b.rx <= 16 << 10);
+                        let b = s.mux.buffered();
+            let bound = (16 << 10) + s.mux.stream_count() * (1 << 10);
+            assert!(b.budget <= 16 << 10);
+            assert!(b.granted <= bound);
+            assert!(b.rx <= bound);
         }
         // Both sides agree: nobody received more than was sent.
         for (a, b) in [(0, 1), (1, 0)] {

@@ -26,15 +26,17 @@ commands:
                            static vmux-agent and vmux-shim, initrd.cpio and a manifest.
                            --init PATH puts the static executable PATH at /init instead
                            of vmux-agent (run again without it to go back).
-    test [ARGS...]           vm-assets, then `cargo test --workspace ARGS...` with
+  test [ARGS...]           vm-assets, then `cargo test --workspace ARGS...` with
                            VMUX_VM_TESTS=1 (VM tests fail instead of skipping), then a
                            short fuzz pass (VMUX_FUZZ_SECONDS per target, default 15)
-    demo                     boot a VM with vmux-agent as PID 1 and run vmux-shim info and
+  demo                     boot a VM with vmux-agent as PID 1 and run vmux-shim info and
                            exec over hybrid vsock, virtio-serial and ISA serial, then
                            power it off
   fuzz [--seconds N] [TARGET...]
                            run the cargo-fuzz targets in fuzz/ for N s each (default 60),
                            installing cargo-fuzz into target/tools/ if needed
+  bench [NAME] [OPTIONS]   `cargo run --release -p vmux-bench -- NAME OPTIONS`: throughput,
+                           latency, pty, footprint or all (see BENCHMARKS.md)
   help, --help, -h         show this text
 ";
 
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz::Options::parse(&rest)
             .and_then(|o| fuzz::fuzz(&workspace_root(), &o))
             .map(|_| ExitCode::SUCCESS),
+        Some("bench") => bench(&rest),
         Some(other) => Err(format!("unknown command `{other}`\n\n{USAGE}")),
     };
     match result {
@@ -93,6 +96,22 @@ fn vm_assets(args: &[String]) -> Result<()> {
         }
     }
     assets::vm_assets(&workspace_root(), &opts).map(drop)
+}
+
+/// `cargo xtask bench [NAME] [OPTIONS]`: the benchmarks of the `vmux-bench` crate.
+fn bench(args: &[String]) -> Result<ExitCode> {
+    let mut cmd = util::cargo();
+    cmd.current_dir(workspace_root())
+        .args(["run", "--release", "-p", "vmux-bench", "--"])
+        .args(args);
+    let status = cmd
+        .status()
+        .map_err(|e| format!("could not start cargo run: {e}"))?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// `cargo xtask test [ARGS...]`: assets, then the whole workspace's tests with VM tests required.

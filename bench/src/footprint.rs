@@ -1,0 +1,276 @@
+//! Footprint: the static agent's size and idle memory, a minimal vmux process's idle memory
+//! with 0 and 1000 open streams (so bytes per idle stream), and peak RSS while 64 streams each
+//! move 16 MiB (the 64-stream throughput case, measured in its own process).
+//!
+//! Memory is read from `/proc/PID/status` (`VmRSS`) and `/proc/PID/smaps_rollup`
+//! (`Private_Dirty`, `Pss`) of a process that has connected and gone idle.
+
+use crate::measure::{proc_field_kib, summary};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The workspace root, where `cargo` is run.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bench/ is one below the root")
+        .to_path_buf()
+}
+
+/// Memory of a process: (VmRSS, Private_Dirty, Pss) in KiB.
+type Mem = (f64, f64, f64);
+
+/// Reads [`Mem`] of `pid`.
+fn mem_of(pid: u32) -> Mem {
+    let pid = pid.to_string();
+    let f = |file: &str, field: &str| proc_field_kib(&pid, file, field).unwrap_or(0) as f64;
+    (
+        f("status", "VmRSS"),
+        f("smaps_rollup", "Private_Dirty"),
+        f("smaps_rollup", "Pss"),
+    )
+}
+
+/// A static agent binary: the given path, the one `cargo xtask vm-assets` built, or a fresh build.
+fn agent_binary(given: Option<&str>) -> Option<PathBuf> {
+    if let Some(p) = given {
+        return Some(PathBuf::from(p));
+    }
+    let root = root();
+    let target = "x86_64-unknown-linux-gnu";
+    let assets = root.join(format!(
+        "target/vm-assets/build/{target}/release/vmux-agent"
+    ));
+    if assets.exists() {
+        return Some(assets);
+    }
+    let dir = root.join("target/bench-static");
+    eprintln!("  building the static agent into {}", dir.display());
+    let ok = Command::new("cargo")
+        .current_dir(&root)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "vmux-agent",
+            "--target",
+            target,
+        ])
+        .arg("--target-dir")
+        .arg(&dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    let bin = dir.join(format!("{target}/release/vmux-agent"));
+    (ok && bin.exists()).then_some(bin)
+}
+
+/// The `vmux-idle` binary next to this one, built if missing.
+fn idle_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let bin = exe.with_file_name("vmux-idle");
+    if !bin.exists() {
+        let release = exe.parent().is_some_and(|d| d.ends_with("release"));
+        let mut cmd = Command::new("cargo");
+        cmd.current_dir(root()).args([
+            "build",
+            "--quiet",
+            "-p",
+            "vmux-bench",
+            "--bin",
+            "vmux-idle",
+        ]);
+        if release {
+            cmd.arg("--release");
+        }
+        assert!(cmd.status().expect("cargo").success(), "building vmux-idle");
+    }
+    bin
+}
+
+/// Starts `cmd` with piped stdin/stdout and waits for its "ready" line.
+fn start_ready(mut cmd: Command) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("ready line");
+    assert_eq!(line.trim(), "ready", "{cmd:?} did not get ready");
+    (child, out)
+}
+
+fn stop(mut child: Child) {
+    drop(child.stdin.take());
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn wait_for_path(path: &Path, child: &mut Child, limit: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if path.exists() {
+            return true;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Prints the footprint tables.
+pub fn run(agent: Option<&str>, reps: usize) {
+    let dir = std::env::temp_dir().join(format!("vmux-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    println!("## Footprint\n");
+
+    // The static agent: size, and idle memory with one client session connected.
+    let agent = agent_binary(agent);
+    println!("| what | value |\n|---|---:|");
+    match &agent {
+        Some(bin) => {
+            let size = std::fs::metadata(bin).map(|m| m.len()).unwrap_or(0);
+            println!(
+                "| static vmux-agent binary ({}) | {} bytes ({:.0} KiB) |",
+                bin.strip_prefix(root()).unwrap_or(bin).display(),
+                size,
+                size as f64 / 1024.0
+            );
+            let sock = dir.join("agent.sock");
+            let mut child = Command::new(bin)
+                .arg("--listen")
+                .arg(format!("unix://{}", sock.display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn agent");
+            if wait_for_path(&sock, &mut child, Duration::from_secs(3)) {
+                let (client, _out) = {
+                    let mut cmd = Command::new(idle_binary());
+                    cmd.arg("client").arg(&sock).arg("0");
+                    start_ready(cmd)
+                };
+                std::thread::sleep(Duration::from_millis(500));
+                let (rss, dirty, pss) = mem_of(child.id());
+                println!("| vmux-agent idle, one client session: VmRSS | {rss:.0} KiB |");
+                println!("| vmux-agent idle, one client session: Private_Dirty | {dirty:.0} KiB |");
+                println!("| vmux-agent idle, one client session: Pss | {pss:.0} KiB |");
+                stop(client);
+            } else {
+                println!("| vmux-agent idle RSS | not measured: `vmux-agent --listen unix://PATH` did not listen within 3 s (its `serve` is not wired yet) |");
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        None => println!("| static vmux-agent binary | not measured: the static build failed |"),
+    }
+    let shim = root().join("target/release/vmux-shim");
+    let shim_serves = Command::new(&shim)
+        .arg("--help")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("serve"));
+    if !shim_serves {
+        println!("| vmux-shim serve | not measured here: no `vmux-shim serve` in this build |");
+    }
+    println!();
+
+    // A minimal vmux server and client (vmux-idle), idle, with 0 and 1000 streams.
+    let idle = idle_binary();
+    let mut rows: Vec<(String, Vec<Mem>)> = vec![
+        (
+            "vmux-idle serve (minimal vmux server, one idle session)".into(),
+            vec![],
+        ),
+        ("vmux-idle client, 0 streams".into(), vec![]),
+        ("vmux-idle client, 1000 idle streams".into(), vec![]),
+    ];
+    for rep in 0..reps {
+        let sock = dir.join(format!("idle-{rep}.sock"));
+        let (server, _sout) = {
+            let mut cmd = Command::new(&idle);
+            cmd.arg("serve").arg(&sock);
+            start_ready(cmd)
+        };
+        for (row, n) in [(1usize, 0usize), (2, 1000)] {
+            let (client, _cout) = {
+                let mut cmd = Command::new(&idle);
+                cmd.arg("client").arg(&sock).arg(n.to_string());
+                start_ready(cmd)
+            };
+            std::thread::sleep(Duration::from_millis(300));
+            rows[row].1.push(mem_of(client.id()));
+            if n == 0 {
+                rows[0].1.push(mem_of(server.id()));
+            }
+            stop(client);
+        }
+        stop(server);
+        let _ = std::fs::remove_file(&sock);
+    }
+    println!(
+        "### Idle memory of a minimal vmux process (`vmux-idle`, dynamic release build, {reps} reps)\n"
+    );
+    println!("| process | VmRSS KiB median (min–max) | Private_Dirty KiB median (min–max) | Pss KiB median |");
+    println!("|---|---:|---:|---:|");
+    let med = |v: &[Mem], f: fn(&Mem) -> f64| summary(&v.iter().map(f).collect::<Vec<_>>());
+    for (label, v) in &rows {
+        let (r, rl, rh) = med(v, |m| m.0);
+        let (d, dl, dh) = med(v, |m| m.1);
+        let (p, _, _) = med(v, |m| m.2);
+        println!("| {label} | {r:.0} ({rl:.0}–{rh:.0}) | {d:.0} ({dl:.0}–{dh:.0}) | {p:.0} |");
+    }
+    let per: Vec<f64> = rows[2]
+        .1
+        .iter()
+        .zip(&rows[1].1)
+        .map(|(a, b)| (a.1 - b.1) * 1024.0 / 1000.0)
+        .collect();
+    let per_rss: Vec<f64> = rows[2]
+        .1
+        .iter()
+        .zip(&rows[1].1)
+        .map(|(a, b)| (a.0 - b.0) * 1024.0 / 1000.0)
+        .collect();
+    let (p, pl, ph) = summary(&per);
+    let (q, _, _) = summary(&per_rss);
+    println!(
+        "\nBytes per idle stream (client, 1000 streams minus 0, same rep): Private_Dirty {p:.0} B median ({pl:.0}–{ph:.0}), VmRSS {q:.0} B median.\n"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Peak RSS with 64 streams each moving 16 MiB: the 64-stream throughput case.
+    println!("### Peak RSS while 64 streams each move 16 MiB (1 GiB total, both sides in one process, {reps} reps)\n");
+    let cases: Vec<(String, Vec<String>)> = [("vmux", "tput-vmux-64"), ("yamux", "tput-yamux-64")]
+        .iter()
+        .map(|(l, c)| {
+            (
+                l.to_string(),
+                vec![c.to_string(), (1u64 << 30).to_string(), "0".into()],
+            )
+        })
+        .collect();
+    let samples = crate::run_interleaved(&cases, reps);
+    println!(
+        "| case | peak RSS (VmHWM) MiB median (min–max) | growth over process start MiB median |"
+    );
+    println!("|---|---:|---:|");
+    for ((label, _), s) in cases.iter().zip(&samples) {
+        let hwm: Vec<f64> = s.iter().map(|m| m["hwm_kib"] / 1024.0).collect();
+        let growth: Vec<f64> = s
+            .iter()
+            .map(|m| (m["hwm_kib"] - m["base_kib"]) / 1024.0)
+            .collect();
+        let (h, hl, hh) = summary(&hwm);
+        let (g, _, _) = summary(&growth);
+        println!("| {label} | {h:.1} ({hl:.1}–{hh:.1}) | {g:.1} |");
+    }
+    println!();
+}
