@@ -445,6 +445,8 @@ struct Pump {
     crc: bool,
     crc_sent: u32,
     crc_received: u32,
+    /// A read or write on an fd failed: reported in [`PumpDone::result`].
+    failed: Option<SessionError>,
     done: Option<Sender<PumpDone>>,
 }
 
@@ -898,6 +900,9 @@ impl Core {
             self.tokens.remove(&token);
             return Err(e);
         }
+        let _ = shared
+            .link
+            .set(crate::session::LinkInfo::new(&link, &config));
         let mux = Mux::new(config, self.clock.now());
         log::debug!("session {sid} started on {} ({})", link.peer(), link.kind());
         let entry = SessionEntry {
@@ -1074,6 +1079,7 @@ impl Core {
                     crc: spec.crc,
                     crc_sent: 0,
                     crc_received: 0,
+                    failed: None,
                     done: spec.done,
                 };
                 s.endpoints.insert(id, Endpoint::Pump(Box::new(pump)));
@@ -2025,7 +2031,8 @@ impl SessionEntry {
                 }
             }
             match nix::unistd::read(from.fd.as_fd(), &mut buf[..cap]) {
-                Ok(0) => {
+                // EIO on a pty master means every slave fd is closed: the terminal's EOF.
+                Ok(0) | Err(nix::errno::Errno::EIO) => {
                     p.from_done = true;
                     let _ = self.mux.close(id);
                     progress = true;
@@ -2043,11 +2050,16 @@ impl SessionEntry {
                 Err(e) => {
                     log::debug!("pump read on stream {id}: {e}");
                     p.from_done = true;
+                    p.failed = Some(SessionError::Io(e.into()));
                     let _ = self.mux.reset(
                         id,
                         ErrorCode::INTERNAL,
                         &format!("reading the source: {e}"),
                     );
+                    // The reset ends the stream with no event: finish the pump here.
+                    p.to_pending.clear();
+                    p.peer_closed = true;
+                    p.mux_closed = true;
                     progress = true;
                 }
             }
@@ -2102,6 +2114,7 @@ impl SessionEntry {
                 Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => {
                     log::debug!("pump write on stream {id}: {e}");
+                    p.failed = Some(SessionError::Io(e.into()));
                     let _ =
                         self.mux
                             .reset(id, ErrorCode::INTERNAL, &format!("writing the sink: {e}"));
@@ -2119,6 +2132,10 @@ impl SessionEntry {
         for side in [p.from.take(), p.to.take()].into_iter().flatten() {
             self.release_token(side.token);
         }
+        let result = match p.failed.take() {
+            Some(error) => Err(error),
+            None => result,
+        };
         if let Some(done) = p.done.take() {
             let _ = done.send(PumpDone {
                 session: self.sid,

@@ -646,6 +646,41 @@ pub(crate) struct SessionStatus {
 pub(crate) struct SessionShared {
     pub status: Mutex<SessionStatus>,
     pub cond: Condvar,
+    /// Set once when the reactor takes the link.
+    pub link: std::sync::OnceLock<LinkInfo>,
+}
+
+/// What a session runs on and the limits this side set, for diagnostics (the `info` service).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// The link's kind.
+    pub kind: crate::transport::LinkKind,
+    /// The peer as the link describes it.
+    pub peer: String,
+    /// Largest payload this side accepts.
+    pub max_frame: u32,
+    /// Most concurrent streams this side accepts.
+    pub max_streams: u32,
+    /// This side's receive window per stream.
+    pub stream_window: u32,
+    /// Most bytes this side buffers for the peer.
+    pub max_buffered: usize,
+    /// Whether this side asked for payload CRC trailers.
+    pub payload_crc: bool,
+}
+
+impl LinkInfo {
+    pub(crate) fn new(link: &crate::transport::Link, config: &crate::mux::Config) -> LinkInfo {
+        LinkInfo {
+            kind: link.kind(),
+            peer: link.peer().to_string(),
+            max_frame: config.max_frame,
+            max_streams: config.max_streams,
+            stream_window: config.stream_window,
+            max_buffered: config.max_buffered,
+            payload_crc: config.payload_crc,
+        }
+    }
 }
 
 impl SessionShared {
@@ -760,6 +795,11 @@ impl Session {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+    }
+
+    /// The link the session runs on and this side's limits (`None` until the reactor took it).
+    pub fn link_info(&self) -> Option<LinkInfo> {
+        self.shared.link.get().cloned()
     }
 
     /// Whether the session has ended, and why.

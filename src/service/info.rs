@@ -1,0 +1,305 @@
+//! The `info` service: the host opens `info` with no arguments; the agent answers OPEN_OK with
+//! an [`Info`] as the reply bytes and closes the stream.
+//!
+//! The reply is a key/value list so either side can add facts without a version bump: unknown
+//! keys are skipped, and a missing key leaves its field `None`.
+
+use super::codec::{MessageError, Reader, Writer};
+use super::{ServiceError, INFO};
+use crate::session::Session;
+use std::fmt;
+
+/// The most entries an info reply may hold.
+const MAX_ENTRIES: usize = 256;
+/// The longest key.
+const MAX_KEY: usize = 64;
+/// The longest string value.
+const MAX_VALUE: usize = 4096;
+
+/// Value tags.
+const TAG_U64: u8 = 0;
+const TAG_STR: u8 = 1;
+
+/// Keys of the info reply (see docs/protocol.md).
+mod key {
+    pub const AGENT_VERSION: &str = "agent.version";
+    pub const PROTOCOL_VERSION: &str = "protocol.version";
+    pub const KERNEL_RELEASE: &str = "kernel.release";
+    pub const UPTIME_MS: &str = "uptime.ms";
+    pub const BOOT_ID: &str = "boot.id";
+    pub const PID1: &str = "agent.pid1";
+    pub const LINK_KIND: &str = "link.kind";
+    pub const LINK_PEER: &str = "link.peer";
+    pub const MAX_FRAME: &str = "session.max_frame";
+    pub const MAX_STREAMS: &str = "session.max_streams";
+    pub const STREAM_WINDOW: &str = "session.stream_window";
+    pub const MAX_BUFFERED: &str = "session.max_buffered";
+    pub const PAYLOAD_CRC: &str = "session.payload_crc";
+    pub const CPU_US: &str = "agent.cpu_us";
+    pub const RSS_BYTES: &str = "agent.rss_bytes";
+}
+
+/// Facts about the agent, its machine and the session the question came on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Info {
+    /// The agent's version (`CARGO_PKG_VERSION`).
+    pub agent_version: Option<String>,
+    /// The wire protocol version the agent speaks.
+    pub protocol_version: Option<u64>,
+    /// `uname -r` of the guest kernel.
+    pub kernel_release: Option<String>,
+    /// Milliseconds since the guest booted.
+    pub uptime_ms: Option<u64>,
+    /// The guest's boot id (`/proc/sys/kernel/random/boot_id`).
+    pub boot_id: Option<String>,
+    /// Whether the agent runs as PID 1.
+    pub pid1: Option<bool>,
+    /// The kind of link the session runs on (`unix`, `vsock`, `virtio-serial`, ...).
+    pub link_kind: Option<String>,
+    /// The link's peer as the agent sees it.
+    pub link_peer: Option<String>,
+    /// The agent's largest accepted frame payload.
+    pub max_frame: Option<u64>,
+    /// The agent's most concurrent streams.
+    pub max_streams: Option<u64>,
+    /// The agent's receive window per stream.
+    pub stream_window: Option<u64>,
+    /// The agent's most buffered receive bytes per session.
+    pub max_buffered: Option<u64>,
+    /// Whether payload CRC trailers are on.
+    pub payload_crc: Option<bool>,
+    /// CPU time the agent process used (user + system), in microseconds.
+    pub cpu_time_us: Option<u64>,
+    /// The agent's resident memory in bytes.
+    pub rss_bytes: Option<u64>,
+}
+
+impl Info {
+    /// The reply bytes: `u32 count`, then per entry `str key`, `u8 tag`, value
+    /// (tag 0: `u64`; tag 1: `str`).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut entries: Vec<(&str, Value<'_>)> = Vec::new();
+        let texts = [
+            (key::AGENT_VERSION, &self.agent_version),
+            (key::KERNEL_RELEASE, &self.kernel_release),
+            (key::BOOT_ID, &self.boot_id),
+            (key::LINK_KIND, &self.link_kind),
+            (key::LINK_PEER, &self.link_peer),
+        ];
+        for (k, v) in texts {
+            if let Some(v) = v {
+                entries.push((k, Value::Str(crate::wire::truncate_utf8(v, MAX_VALUE))));
+            }
+        }
+        let mut n = |k, v: Option<u64>| {
+            if let Some(v) = v {
+                entries.push((k, Value::U64(v)));
+            }
+        };
+        n(key::PROTOCOL_VERSION, self.protocol_version);
+        n(key::UPTIME_MS, self.uptime_ms);
+        n(key::PID1, self.pid1.map(u64::from));
+        n(key::MAX_FRAME, self.max_frame);
+        n(key::MAX_STREAMS, self.max_streams);
+        n(key::STREAM_WINDOW, self.stream_window);
+        n(key::MAX_BUFFERED, self.max_buffered);
+        n(key::PAYLOAD_CRC, self.payload_crc.map(u64::from));
+        n(key::CPU_US, self.cpu_time_us);
+        n(key::RSS_BYTES, self.rss_bytes);
+        let mut w = Writer::new();
+        w.u32(entries.len() as u32);
+        for (k, v) in entries {
+            w.str(k);
+            match v {
+                Value::U64(x) => w.u8(TAG_U64).u64(x),
+                Value::Str(x) => w.u8(TAG_STR).str(x),
+            };
+        }
+        w.finish()
+    }
+
+    /// Parses reply bytes; unknown keys are skipped, unknown tags are an error.
+    pub fn decode(bytes: &[u8]) -> Result<Info, MessageError> {
+        let mut r = Reader::new(bytes);
+        // Smallest entry: empty key (4) + tag (1) + empty string (4).
+        let count = r.count("info entries", MAX_ENTRIES, 9)?;
+        let mut info = Info::default();
+        for _ in 0..count {
+            let k = r.str("info key", MAX_KEY)?;
+            let v = match r.u8()? {
+                TAG_U64 => Value::U64(r.u64()?),
+                TAG_STR => Value::Str(r.str("info value", MAX_VALUE)?),
+                tag => {
+                    return Err(MessageError::BadValue {
+                        field: "info value tag",
+                        value: u64::from(tag),
+                    })
+                }
+            };
+            info.set(k, v);
+        }
+        r.finish()?;
+        Ok(info)
+    }
+
+    fn set(&mut self, k: &str, v: Value<'_>) {
+        let text = |v: &Value<'_>| match v {
+            Value::Str(s) => Some(s.to_string()),
+            Value::U64(_) => None,
+        };
+        let num = |v: &Value<'_>| match v {
+            Value::U64(n) => Some(*n),
+            Value::Str(_) => None,
+        };
+        match k {
+            key::AGENT_VERSION => self.agent_version = text(&v),
+            key::KERNEL_RELEASE => self.kernel_release = text(&v),
+            key::BOOT_ID => self.boot_id = text(&v),
+            key::LINK_KIND => self.link_kind = text(&v),
+            key::LINK_PEER => self.link_peer = text(&v),
+            key::PROTOCOL_VERSION => self.protocol_version = num(&v),
+            key::UPTIME_MS => self.uptime_ms = num(&v),
+            key::PID1 => self.pid1 = num(&v).map(|n| n != 0),
+            key::MAX_FRAME => self.max_frame = num(&v),
+            key::MAX_STREAMS => self.max_streams = num(&v),
+            key::STREAM_WINDOW => self.stream_window = num(&v),
+            key::MAX_BUFFERED => self.max_buffered = num(&v),
+            key::PAYLOAD_CRC => self.payload_crc = num(&v).map(|n| n != 0),
+            key::CPU_US => self.cpu_time_us = num(&v),
+            key::RSS_BYTES => self.rss_bytes = num(&v),
+            _ => {}
+        }
+    }
+}
+
+enum Value<'a> {
+    U64(u64),
+    Str(&'a str),
+}
+
+impl fmt::Display for Info {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fn opt<T: fmt::Display>(v: &Option<T>) -> String {
+            v.as_ref()
+                .map_or_else(|| "unknown".to_string(), |v| v.to_string())
+        }
+        writeln!(f, "agent version:    {}", opt(&self.agent_version))?;
+        writeln!(f, "protocol version: {}", opt(&self.protocol_version))?;
+        writeln!(f, "kernel:           {}", opt(&self.kernel_release))?;
+        match self.uptime_ms {
+            Some(ms) => writeln!(f, "uptime:           {}.{:03} s", ms / 1000, ms % 1000)?,
+            None => writeln!(f, "uptime:           unknown")?,
+        }
+        writeln!(f, "boot id:          {}", opt(&self.boot_id))?;
+        writeln!(f, "pid 1:            {}", opt(&self.pid1.map(yes_no)))?;
+        writeln!(
+            f,
+            "link:             {} ({})",
+            opt(&self.link_kind),
+            opt(&self.link_peer)
+        )?;
+        writeln!(
+            f,
+            "session limits:   max frame {}, max streams {}, window {}, buffered {}, payload crc {}",
+            opt(&self.max_frame),
+            opt(&self.max_streams),
+            opt(&self.stream_window),
+            opt(&self.max_buffered),
+            opt(&self.payload_crc.map(yes_no)),
+        )?;
+        match self.cpu_time_us {
+            Some(us) => writeln!(
+                f,
+                "agent cpu time:   {}.{:06} s",
+                us / 1_000_000,
+                us % 1_000_000
+            )?,
+            None => writeln!(f, "agent cpu time:   unknown")?,
+        }
+        match self.rss_bytes {
+            Some(b) => writeln!(f, "agent rss:        {} KiB", b / 1024),
+            None => writeln!(f, "agent rss:        unknown"),
+        }
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// Asks the agent for its [`Info`].
+pub fn info(session: &Session) -> Result<Info, ServiceError> {
+    let (stream, reply) = session.open_with_reply(INFO, &[])?;
+    drop(stream);
+    Ok(Info::decode(&reply)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Info {
+        Info {
+            agent_version: Some("0.1.0".into()),
+            protocol_version: Some(1),
+            kernel_release: Some("6.1.0".into()),
+            uptime_ms: Some(1234),
+            boot_id: Some("abc".into()),
+            pid1: Some(true),
+            link_kind: Some("vsock".into()),
+            link_peer: Some("vsock://2:1".into()),
+            max_frame: Some(65536),
+            max_streams: Some(1024),
+            stream_window: Some(262144),
+            max_buffered: Some(16 << 20),
+            payload_crc: Some(false),
+            cpu_time_us: Some(5000),
+            rss_bytes: Some(1 << 20),
+        }
+    }
+
+    #[test]
+    fn info_round_trips() {
+        let info = sample();
+        assert_eq!(Info::decode(&info.encode()), Ok(info));
+        assert_eq!(Info::decode(&Info::default().encode()), Ok(Info::default()));
+    }
+
+    #[test]
+    fn unknown_info_keys_are_skipped() {
+        let bytes = Writer::new()
+            .u32(2)
+            .str("future.key")
+            .u8(TAG_STR)
+            .str("x")
+            .str(key::UPTIME_MS)
+            .u8(TAG_U64)
+            .u64(5)
+            .finish();
+        let info = Info::decode(&bytes).unwrap();
+        assert_eq!(info.uptime_ms, Some(5));
+    }
+
+    #[test]
+    fn info_displays_every_field() {
+        let text = sample().to_string();
+        assert!(text.contains("uptime:           1.234 s"), "{text}");
+        assert!(
+            text.contains("link:             vsock (vsock://2:1)"),
+            "{text}"
+        );
+        assert!(text.contains("pid 1:            yes"), "{text}");
+    }
+
+    proptest! {
+        #[test]
+        fn info_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let _ = Info::decode(&bytes);
+        }
+    }
+}
