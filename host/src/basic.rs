@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::cli::{Failure, Global};
 use crate::connect;
-use crate::remote;
+use vmux::service;
 
 /// How long to wait for the guest to acknowledge the end of the session.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -12,7 +12,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Prints the guest agent's facts.
 pub fn info(global: &Global) -> Result<u8, Failure> {
     let conn = connect::connect(global)?;
-    let text = remote::info(&conn.session).map_err(Failure::new)?;
+    let info = service::info(&conn.session)
+        .map_err(|e| Failure::new(format!("{}: info: {e}", conn.addr)))?;
+    let text = info.to_string();
     print!("{text}");
     if !text.ends_with('\n') {
         println!();
@@ -86,7 +88,8 @@ pub fn ping(global: &Global, count: u32) -> Result<u8, Failure> {
 /// Asks the guest to power off or reboot.
 pub fn shutdown(global: &Global, reboot: bool) -> Result<u8, Failure> {
     let conn = connect::connect(global)?;
-    remote::shutdown(&conn.session, reboot).map_err(Failure::new)?;
+    service::shutdown(&conn.session, reboot)
+        .map_err(|e| Failure::new(format!("{}: shutdown: {e}", conn.addr)))?;
     // The guest may go away before it acknowledges the end of the session: do not wait long.
     conn.close(Duration::from_millis(500));
     Ok(0)

@@ -296,8 +296,11 @@ impl GlobalBuilder {
     fn build(self, env_addr: Option<&str>) -> Result<Global, UsageError> {
         let connect = match self.connect.as_deref().or(env_addr) {
             None => None,
-            Some(s) if s.is_empty() => None,
-            Some(s) => Some(s.parse::<Address>().map_err(|e| usage(e.to_string(), None))?),
+            Some("") => None,
+            Some(s) => Some(
+                s.parse::<Address>()
+                    .map_err(|e| usage(e.to_string(), None))?,
+            ),
         };
         Ok(Global {
             connect,
@@ -310,7 +313,7 @@ impl GlobalBuilder {
 /// Parses a non-negative number of seconds, with an optional fraction.
 pub fn parse_secs(s: &str) -> Option<Duration> {
     let secs: f64 = s.trim().parse().ok()?;
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return None;
     }
     Some(Duration::from_secs_f64(secs))
@@ -390,10 +393,12 @@ pub fn help_for(name: &str) -> Option<&'static str> {
 }
 
 fn parse_info(p: &mut lexopt::Parser, g: &mut GlobalBuilder) -> Result<Command, UsageError> {
-    Ok(match simple(p, g, "info", HELP_INFO, |_, _| Ok(false), 0)? {
-        Err(help) => Command::Help(help),
-        Ok(_) => Command::Info,
-    })
+    Ok(
+        match simple(p, g, "info", HELP_INFO, |_, _| Ok(false), 0)? {
+            Err(help) => Command::Help(help),
+            Ok(_) => Command::Info,
+        },
+    )
 }
 
 fn parse_ping(p: &mut lexopt::Parser, g: &mut GlobalBuilder) -> Result<Command, UsageError> {
@@ -496,7 +501,10 @@ fn parse_cp(p: &mut lexopt::Parser, g: &mut GlobalBuilder) -> Result<Command, Us
     let (src, dst) = (cp_end(&src), cp_end(&dst));
     let guest_path_empty = |e: &CpEnd| matches!(e, CpEnd::Guest(p) if p.is_empty());
     if guest_path_empty(&src) || guest_path_empty(&dst) {
-        return Err(usage("a guest path needs a path after ':' (like :/tmp/f)", CMD));
+        return Err(usage(
+            "a guest path needs a path after ':' (like :/tmp/f)",
+            CMD,
+        ));
     }
     match (&src, &dst) {
         (CpEnd::Guest(_), CpEnd::Guest(_)) => Err(usage(
@@ -514,9 +522,13 @@ fn parse_cp(p: &mut lexopt::Parser, g: &mut GlobalBuilder) -> Result<Command, Us
 /// Parses a local listening address for `forward`: `tcp://IP:PORT` or `unix://PATH`.
 pub fn parse_local_listen(s: &str) -> Result<LocalListen, String> {
     if let Some(rest) = s.strip_prefix("tcp://") {
-        rest.parse::<SocketAddr>().map(LocalListen::Tcp).map_err(|_| {
-            format!("'{s}': expected tcp://IP:PORT with a numeric IP (like tcp://127.0.0.1:8080)")
-        })
+        rest.parse::<SocketAddr>()
+            .map(LocalListen::Tcp)
+            .map_err(|_| {
+                format!(
+                    "'{s}': expected tcp://IP:PORT with a numeric IP (like tcp://127.0.0.1:8080)"
+                )
+            })
     } else if let Some(rest) = s.strip_prefix("unix://") {
         if rest.is_empty() {
             Err(format!("'{s}': expected unix://PATH"))
@@ -608,11 +620,17 @@ fn parse_doctor(p: &mut lexopt::Parser) -> Result<Command, UsageError> {
         Ok(ops) => ops,
     };
     if g.connect.is_some() {
-        return Err(usage("doctor takes the address as an operand: doctor ADDR", CMD));
+        return Err(usage(
+            "doctor takes the address as an operand: doctor ADDR",
+            CMD,
+        ));
     }
     let addr = match ops.first() {
         None => None,
-        Some(s) => Some(s.parse::<Address>().map_err(|e| usage(e.to_string(), CMD))?),
+        Some(s) => Some(
+            s.parse::<Address>()
+                .map_err(|e| usage(e.to_string(), CMD))?,
+        ),
     };
     Ok(Command::Doctor { addr })
 }
@@ -834,7 +852,10 @@ mod tests {
                 },
             ),
             (vec!["shutdown"], Command::Shutdown { reboot: false }),
-            (vec!["shutdown", "--reboot"], Command::Shutdown { reboot: true }),
+            (
+                vec!["shutdown", "--reboot"],
+                Command::Shutdown { reboot: true },
+            ),
             (vec!["doctor"], Command::Doctor { addr: None }),
             (
                 vec!["doctor", "unix:///tmp/vm.sock"],
@@ -902,13 +923,19 @@ mod tests {
             (&["cp", "a", "b"], "neither side is in the guest"),
             (&["cp", ":a", ":b"], "both sides are in the guest"),
             (&["cp", ":", "b"], "needs a path after ':'"),
-            (&["forward", "127.0.0.1:80", "x"], "expected tcp://IP:PORT or unix://PATH"),
+            (
+                &["forward", "127.0.0.1:80", "x"],
+                "expected tcp://IP:PORT or unix://PATH",
+            ),
             (&["forward", "tcp://localhost:80", "x"], "numeric IP"),
             (&["serve"], "serve needs --listen unix://PATH"),
             (&["serve", "-l", "tcp://1.2.3.4:5"], "unknown"),
             (&["--timeout", "soon", "info"], "--timeout takes seconds"),
             (&["-c", "nonsense", "info"], "nonsense"),
-            (&["doctor", "-c", "unix:///x"], "doctor takes the address as an operand"),
+            (
+                &["doctor", "-c", "unix:///x"],
+                "doctor takes the address as an operand",
+            ),
             (&["info", "extra"], "unexpected argument 'extra'"),
         ];
         for (args, want) in table {
@@ -933,7 +960,10 @@ mod tests {
             "info", "ping", "exec", "cp", "forward", "serve", "shutdown", "doctor", "help",
         ] {
             let text = help_for(name).unwrap();
-            assert!(text.starts_with("Usage: vmux-shim") || name == "help", "{name}");
+            assert!(
+                text.starts_with("Usage: vmux-shim") || name == "help",
+                "{name}"
+            );
         }
     }
 }

@@ -6,14 +6,14 @@
 //! failed copy never leaves a truncated file under the real name), and draws the progress line.
 
 use std::fs::File;
-use std::io::{self, IsTerminal, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::io::{self, IsTerminal, Seek, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::cli::{CpEnd, Failure, Global};
 use crate::connect;
-use crate::remote;
+use vmux::service;
 
 /// The mode given to a file read from stdin.
 const STDIN_MODE: u32 = 0o644;
@@ -25,7 +25,8 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 /// Copies `src` to `dst` (exactly one of them in the guest).
 pub fn run(global: &Global, src: &CpEnd, dst: &CpEnd) -> Result<u8, Failure> {
     match (src, dst) {
-        (CpEnd::Guest(_), CpEnd::Guest(_)) | (CpEnd::Local(_) | CpEnd::Stdio, CpEnd::Local(_) | CpEnd::Stdio) => {
+        (CpEnd::Guest(_), CpEnd::Guest(_))
+        | (CpEnd::Local(_) | CpEnd::Stdio, CpEnd::Local(_) | CpEnd::Stdio) => {
             Err(Failure::new("cp needs exactly one guest path (:PATH)"))
         }
         (src, CpEnd::Guest(path)) => put(global, src, path),
@@ -52,40 +53,62 @@ pub fn get_target(local: &Path, guest: &str) -> PathBuf {
 }
 
 fn put(global: &Global, src: &CpEnd, guest: &str) -> Result<u8, Failure> {
-    let (mut reader, mode, size, local): (Box<dyn io::Read>, u32, Option<u64>, Option<&Path>) =
-        match src {
-            CpEnd::Local(path) => {
-                let file = File::open(path)
-                    .map_err(|e| Failure::new(format!("{}: {e}", path.display())))?;
-                let meta = file
-                    .metadata()
-                    .map_err(|e| Failure::new(format!("{}: {e}", path.display())))?;
-                if meta.is_dir() {
-                    return Err(Failure::new(format!(
-                        "{}: is a directory (cp copies one file; try tar c DIR | vmux-shim cp - :/tmp/dir.tar)",
-                        path.display()
-                    )));
-                }
-                let size = meta.is_file().then(|| meta.len());
-                (Box::new(file), meta.permissions().mode() & 0o7777, size, Some(path.as_path()))
+    let (file, mode, local) = match src {
+        CpEnd::Local(path) => {
+            let file =
+                File::open(path).map_err(|e| Failure::new(format!("{}: {e}", path.display())))?;
+            let meta = file
+                .metadata()
+                .map_err(|e| Failure::new(format!("{}: {e}", path.display())))?;
+            if meta.is_dir() {
+                return Err(Failure::new(format!(
+                    "{}: is a directory (cp copies one file; try tar c DIR | vmux-shim cp - :/tmp/dir.tar)",
+                    path.display()
+                )));
             }
-            _ => (Box::new(io::stdin().lock()), STDIN_MODE, None, None),
-        };
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.is_file() {
+                (file, mode, Some(path.as_path()))
+            } else {
+                // A pipe or device: the size must be known up front, so spool it first.
+                (spool(file)?, mode, Some(path.as_path()))
+            }
+        }
+        _ => (spool(io::stdin().lock())?, STDIN_MODE, None),
+    };
+    let size = file
+        .metadata()
+        .map_err(|e| Failure::new(format!("source: {e}")))?
+        .len();
     let target = put_target(guest, local);
     let conn = connect::connect(global)?;
-    let mut progress = Progress::new(size);
-    let result = remote::copy_put(
-        &conn.session,
-        &mut reader,
-        &target,
-        mode,
-        size,
-        &mut |n| progress.update(n),
-    );
+    let mut progress = Progress::new(Some(size));
+    let result = service::copy_put(&conn.session, &file, &target, mode, size, &mut |n| {
+        progress.update(n)
+    });
     progress.finish();
     conn.close(Duration::from_secs(2));
     result.map_err(|e| Failure::new(format!("cp to :{target}: {e}")))?;
     Ok(0)
+}
+
+/// Copies a source of unknown length into an unlinked temporary file and rewinds it.
+fn spool(mut from: impl io::Read) -> Result<File, Failure> {
+    let dir = std::env::temp_dir();
+    let path = dir.join(format!(".vmux-cp-{}.spool", std::process::id()));
+    let fail = |e: io::Error| Failure::new(format!("spooling the input in {}: {e}", dir.display()));
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(fail)?;
+    // Unlinked at once: the space goes back when the file is closed, however we exit.
+    let _ = std::fs::remove_file(&path);
+    io::copy(&mut from, &mut file).map_err(fail)?;
+    file.seek(io::SeekFrom::Start(0)).map_err(fail)?;
+    Ok(file)
 }
 
 fn get(global: &Global, guest: &str, dst: &CpEnd) -> Result<u8, Failure> {
@@ -99,9 +122,12 @@ fn get(global: &Global, guest: &str, dst: &CpEnd) -> Result<u8, Failure> {
         }
         _ => {
             let mut out = io::stdout().lock();
-            remote::copy_get(&conn.session, guest, &mut out, &mut |n| progress.update(n))
+            service::copy_get(&conn.session, guest, &mut out, &mut |n| progress.update(n))
                 .map_err(|e| Failure::new(format!("cp :{guest}: {e}")))
-                .and_then(|_| out.flush().map_err(|e| Failure::new(format!("stdout: {e}"))))
+                .and_then(|_| {
+                    out.flush()
+                        .map_err(|e| Failure::new(format!("stdout: {e}")))
+                })
         }
     };
     progress.finish();
@@ -129,10 +155,11 @@ fn get_to_file(
         std::process::id()
     ));
     let mut file = File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    let result = remote::copy_get(&conn.session, guest, &mut file, &mut |n| progress.update(n))
+    let result = service::copy_get(&conn.session, guest, &mut file, &mut |n| progress.update(n))
         .map_err(|e| e.to_string())
         .and_then(|report| {
-            file.sync_all().map_err(|e| format!("{}: {e}", tmp.display()))?;
+            file.sync_all()
+                .map_err(|e| format!("{}: {e}", tmp.display()))?;
             std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(report.mode & 0o7777))
                 .map_err(|e| format!("{}: {e}", tmp.display()))?;
             std::fs::rename(&tmp, target).map_err(|e| e.to_string())
@@ -258,7 +285,10 @@ mod tests {
     #[test]
     fn progress_line_shows_bar_percent_and_rate() {
         let line = progress_line(512 << 10, Some(1 << 20), Duration::from_secs(2));
-        assert_eq!(line, "[##########..........]  50%  512.0 KiB / 1.0 MiB  256.0 KiB/s");
+        assert_eq!(
+            line,
+            "[##########..........]  50%  512.0 KiB / 1.0 MiB  256.0 KiB/s"
+        );
         let open = progress_line(3 << 20, None, Duration::from_secs(1));
         assert_eq!(open, "3.0 MiB  3.0 MiB/s");
     }

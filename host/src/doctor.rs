@@ -235,7 +235,11 @@ pub fn host_checks(facts: &Facts, vsock_needed: bool) -> Vec<Check> {
 pub fn check_address(addr: &Address, timeout: Duration) -> Vec<Check> {
     match addr {
         Address::Unix { path } => socket_checks(addr, path, "the VM (or 'vmux-shim serve')"),
-        Address::Hvsock { path, .. } => socket_checks(addr, path, "the VMM (Firecracker, Cloud Hypervisor, vhost-device-vsock)"),
+        Address::Hvsock { path, .. } => socket_checks(
+            addr,
+            path,
+            "the VMM (Firecracker, Cloud Hypervisor, vhost-device-vsock)",
+        ),
         Address::Tty { path, .. } => match path_kind(path) {
             PathKind::CharDevice => vec![Check::ok(format!("{addr}: a character device"))],
             PathKind::Missing => vec![Check::bad(
@@ -340,10 +344,8 @@ vsock 53248 3 vmw_vsock_vmci_transport, Live 0x0000000000000000
 
     impl FakeRoot {
         fn new(name: &str) -> FakeRoot {
-            let dir = std::env::temp_dir().join(format!(
-                "vmux-doctor-{}-{name}",
-                std::process::id()
-            ));
+            let dir =
+                std::env::temp_dir().join(format!("vmux-doctor-{}-{name}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
             FakeRoot(dir)
@@ -399,10 +401,17 @@ vsock 53248 3 vmw_vsock_vmci_transport, Live 0x0000000000000000
 
     #[test]
     fn old_kernel_fails_with_a_remedy() {
-        let f = facts("4.4.0-21-generic", MODULES_PLAIN, None, PathKind::CharDevice);
+        let f = facts(
+            "4.4.0-21-generic",
+            MODULES_PLAIN,
+            None,
+            PathKind::CharDevice,
+        );
         let c = &host_checks(&f, true)[0];
         assert_eq!(c.status, Status::Fail);
-        assert!(c.to_string().starts_with("FAIL kernel 4.4.0-21-generic is older than 4.8: "));
+        assert!(c
+            .to_string()
+            .starts_with("FAIL kernel 4.4.0-21-generic is older than 4.8: "));
     }
 
     #[test]
@@ -461,7 +470,10 @@ vsock 53248 3 vmw_vsock_vmci_transport, Live 0x0000000000000000
         assert!(f.sys_module_vhost_vsock);
         assert!(f.modules_builtin.unwrap().contains("vhost_vsock.ko"));
         assert_eq!(f.dev_vhost_vsock, PathKind::Missing);
-        assert!(module_loaded(f.proc_modules.as_deref().unwrap(), "vhost_vsock"));
+        assert!(module_loaded(
+            f.proc_modules.as_deref().unwrap(),
+            "vhost_vsock"
+        ));
     }
 
     #[test]
@@ -475,13 +487,17 @@ vsock 53248 3 vmw_vsock_vmci_transport, Live 0x0000000000000000
     #[test]
     fn unix_address_checks_existence_type_and_connect() {
         let root = FakeRoot::new("addr");
-        let missing: Address = format!("unix://{}/none.sock", root.0.display()).parse().unwrap();
+        let missing: Address = format!("unix://{}/none.sock", root.0.display())
+            .parse()
+            .unwrap();
         let c = check_address(&missing, Duration::from_secs(1));
         assert_eq!(statuses(&c), [Status::Fail]);
         assert!(c[0].what.ends_with("does not exist"));
 
         root.file("plain", "x");
-        let plain: Address = format!("unix://{}/plain", root.0.display()).parse().unwrap();
+        let plain: Address = format!("unix://{}/plain", root.0.display())
+            .parse()
+            .unwrap();
         let c = check_address(&plain, Duration::from_secs(1));
         assert!(c[0].what.ends_with("is not a socket"));
 

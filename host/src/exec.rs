@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 use nix::sys::signal::Signal;
+use vmux::service::{self, ExecRequest, ExitStatus, PtySize};
 use vmux::session::Stream;
 
 use crate::cli::{ExecArgs, Failure, Global, EXIT_SHIM_FAILED};
 use crate::connect;
-use crate::remote::{self, ExecRequest};
 use crate::term::{self, RawMode, WinSize};
 
 /// The pty size asked for when no local terminal reports one.
@@ -32,14 +32,27 @@ pub fn forwards_stdin(args: &ExecArgs, stdin_is_tty: bool) -> bool {
 
 /// Builds the request for `args`; `winsize` is the local terminal's size, if any.
 pub fn request(args: &ExecArgs, stdin: bool, winsize: Option<WinSize>) -> ExecRequest {
+    let size = winsize.unwrap_or(DEFAULT_WINSIZE);
     ExecRequest {
         argv: args.argv.clone(),
-        env: args.env.clone(),
+        env: args.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
         cwd: args.cwd.clone(),
         uid: args.uid,
         gid: args.gid,
-        pty: args.tty.then(|| winsize.unwrap_or(DEFAULT_WINSIZE)),
+        pty: args.tty.then_some(PtySize {
+            rows: size.rows,
+            cols: size.cols,
+        }),
         stdin,
+    }
+}
+
+/// The exit status the shim leaves with: the remote code (as the low 8 bits a shell sees), or
+/// 128 + N for death by signal N.
+pub fn exit_code(status: ExitStatus) -> u8 {
+    match status {
+        ExitStatus::Code(c) => (c & 0xff) as u8,
+        ExitStatus::Signal(n) => crate::signals::shell_status(n),
     }
 }
 
@@ -50,35 +63,35 @@ pub fn run(global: &Global, args: &ExecArgs, signals: Receiver<Signal>) -> Resul
     let stdin = forwards_stdin(args, stdin_is_tty);
     let req = request(args, stdin, term::local_window_size());
     let conn = connect::connect(global).map_err(fail)?;
-    let mut process = remote::exec(&conn.session, &req).map_err(|e| fail(Failure::new(e)))?;
+    let mut process = service::exec(&conn.session, &req).map_err(|e| fail(Failure::new(e)))?;
     let raw = if args.tty && stdin_is_tty {
         Some(RawMode::enable().map_err(|e| {
-            fail(Failure::new(format!("cannot put the terminal in raw mode: {e}")))
+            fail(Failure::new(format!(
+                "cannot put the terminal in raw mode: {e}"
+            )))
         })?)
     } else {
         None
     };
 
-    if let Some(remote_stdin) = process.stdin.take() {
+    if let Some(remote_stdin) = process.take_stdin() {
         if stdin {
             spawn("stdin", move || pump_stdin(remote_stdin));
         }
     }
     let out = process
-        .stdout
-        .take()
+        .take_stdout()
         .and_then(|s| spawn("stdout", move || copy_out(s, io::stdout())));
     let err = process
-        .stderr
-        .take()
+        .take_stderr()
         .and_then(|s| spawn("stderr", move || copy_out(s, io::stderr())));
-    let control = process.control();
+    let control = process.controller();
     let tty = args.tty;
     spawn("signals", move || {
         for signal in signals {
             let result = match signal {
                 Signal::SIGWINCH if tty => match term::local_window_size() {
-                    Some(size) => control.resize(size),
+                    Some(size) => control.resize(size.rows, size.cols),
                     None => Ok(()),
                 },
                 Signal::SIGWINCH => Ok(()),
@@ -98,7 +111,7 @@ pub fn run(global: &Global, args: &ExecArgs, signals: Receiver<Signal>) -> Resul
     drop(raw);
     conn.close(CLOSE_GRACE);
     match status {
-        Ok(status) => Ok(status.shell_code()),
+        Ok(status) => Ok(exit_code(status)),
         Err(e) => Err(fail(Failure::new(e))),
     }
 }
@@ -181,12 +194,33 @@ mod tests {
 
     #[test]
     fn pty_is_requested_only_with_t_and_sized_like_the_terminal() {
-        let size = WinSize { rows: 50, cols: 132 };
+        let size = WinSize {
+            rows: 50,
+            cols: 132,
+        };
+        let pty = |rows, cols| Some(PtySize { rows, cols });
         assert_eq!(request(&args(false, false), true, Some(size)).pty, None);
-        assert_eq!(request(&args(true, false), true, Some(size)).pty, Some(size));
         assert_eq!(
-            request(&args(true, false), true, None).pty,
-            Some(DEFAULT_WINSIZE)
+            request(&args(true, false), true, Some(size)).pty,
+            pty(50, 132)
         );
+        assert_eq!(request(&args(true, false), true, None).pty, pty(24, 80));
+    }
+
+    #[test]
+    fn env_pairs_become_key_value_entries() {
+        let mut a = args(false, false);
+        a.env = vec![("A".into(), "1".into()), ("B".into(), "x=y".into())];
+        assert_eq!(request(&a, false, None).env, ["A=1", "B=x=y"]);
+    }
+
+    #[test]
+    fn exit_status_maps_to_shell_codes() {
+        assert_eq!(exit_code(ExitStatus::Code(0)), 0);
+        assert_eq!(exit_code(ExitStatus::Code(7)), 7);
+        assert_eq!(exit_code(ExitStatus::Code(256 + 3)), 3);
+        assert_eq!(exit_code(ExitStatus::Code(-1)), 255);
+        assert_eq!(exit_code(ExitStatus::Signal(15)), 143);
+        assert_eq!(exit_code(ExitStatus::Signal(9)), 137);
     }
 }

@@ -16,7 +16,7 @@ use vmux::session::{Session, Stream};
 
 use crate::cli::{Failure, Global, LocalListen};
 use crate::connect;
-use crate::remote;
+use vmux::service;
 
 /// A local connection of either kind.
 pub enum Conn {
@@ -167,7 +167,7 @@ fn accept_loop(local: &Local, session: &Session, target: &Arc<str>) {
 
 /// Opens the guest stream for one connection and splices the two until both directions end.
 fn serve_one(conn: Conn, session: &Session, target: &str) {
-    let stream = match remote::forward(session, target) {
+    let stream = match service::forward(session, target) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             log::warn!("forward to {target}: {e}");

@@ -9,7 +9,6 @@ mod doctor;
 mod exec;
 mod forward;
 mod logger;
-mod remote;
 mod serve;
 mod signals;
 mod term;
