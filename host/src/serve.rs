@@ -85,6 +85,11 @@ pub fn link_down_message(attempt: u32) -> String {
 /// Routes one client stream: forwarded to the guest when the link is up, refused otherwise.
 pub fn route(incoming: Incoming, guest: &GuestLink) {
     let id = incoming.id();
+    log::debug!(
+        "stream {id} of client session {} for {:?}",
+        incoming.session_id(),
+        incoming.service
+    );
     let result = match guest {
         GuestLink::Up(session) => incoming.forward(session),
         GuestLink::Down { attempt } => {
