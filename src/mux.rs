@@ -21,9 +21,9 @@
 //!   `max_buffered`: that, and nothing else, bounds receive memory. DATA beyond the limit gets
 //!   RESET(FLOW_CONTROL).
 //! - **Keepalive.** After `keepalive_interval` without any frame from the peer, send PING; if
-//!   nothing arrives within `keepalive_timeout` after it, the session ends with TIMEOUT. A gap
-//!   between two calls longer than the timeout means this process was frozen (VM paused, host
-//!   suspended): it re-arms the probe instead of declaring the peer dead.
+//!   nothing arrives within `keepalive_timeout` after it, the session ends with TIMEOUT. A timer
+//!   call that comes more than half a timeout after its deadline means this process was frozen
+//!   (VM paused, host suspended): it re-arms the probe instead of declaring the peer dead.
 //! - **Shutdown.** GOAWAY(NORMAL) stops new streams; existing ones finish. A side with no stream
 //!   left sends GOAWAY|DRAINED; the session ends once DRAINED went both ways, which proves each
 //!   side received everything the other sent (an EOF alone proves nothing). GOAWAY with any
@@ -467,8 +467,6 @@ enum Control {
 struct Liveness {
     /// When a frame last arrived (or the session started).
     last_rx: Instant,
-    /// The latest `now` seen, to tell a frozen process from a silent peer.
-    last_tick: Instant,
     /// The keepalive probe in flight: (opaque, sent at).
     probe: Option<(u64, Instant)>,
     /// Pings requested by the application: (opaque, sent at).
@@ -545,7 +543,6 @@ impl Mux {
             events: VecDeque::new(),
             live: Liveness {
                 last_rx: now,
-                last_tick: now,
                 probe: None,
                 user_pings: VecDeque::new(),
                 next_opaque: 1,
@@ -643,7 +640,6 @@ impl Mux {
 
     /// Feeds bytes received from the link.
     pub fn handle_input(&mut self, now: Instant, mut bytes: &[u8]) {
-        self.tick(now);
         if self.phase == Phase::Terminated {
             return;
         }
@@ -672,7 +668,9 @@ impl Mux {
 
     /// Runs the timers: HELLO retry, keepalive probe and timeout.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.tick(now);
+        if self.woke_from_pause(now) {
+            return;
+        }
         match self.phase {
             Phase::Terminated => {}
             Phase::AwaitingHello => {
@@ -706,15 +704,22 @@ impl Mux {
         }
     }
 
-    /// Notes `now`; a jump longer than the keepalive timeout is a pause of this process, not
-    /// silence of the peer, so liveness restarts from here.
-    fn tick(&mut self, now: Instant) {
-        if now.saturating_since(self.live.last_tick) > self.config.keepalive_timeout {
-            self.counters.pauses += 1;
-            self.live.last_rx = now;
-            self.live.probe = None;
+    /// Whether this call comes so long after the deadline it was scheduled for (more than half
+    /// the keepalive timeout) that this process must have been frozen: the VM was paused or the
+    /// host suspended. The peer was frozen out of our view, not silent, so liveness restarts
+    /// from now and the probe is sent again instead of declaring the peer dead.
+    fn woke_from_pause(&mut self, now: Instant) -> bool {
+        let late = match self.poll_at() {
+            Some(deadline) if self.phase != Phase::AwaitingHello => now.saturating_since(deadline),
+            _ => return false,
+        };
+        if late <= self.config.keepalive_timeout / 2 {
+            return false;
         }
-        self.live.last_tick = self.live.last_tick.max(now);
+        self.counters.pauses += 1;
+        self.live.last_rx = now;
+        self.live.probe = None;
+        true
     }
 
     /// Bytes to write to the link now (possibly empty). Builds frames up to the high-water mark:
@@ -948,8 +953,7 @@ impl Mux {
         let n = n.min(stream.granted_unconsumed());
         stream.rx_consumed += Wrapping(n as u32);
         self.granted_total -= n;
-        self.grant_credit(id);
-        // Consumption freed budget: give it to streams that went without.
+        // Consumption freed budget: streams that went without are served first, in turn.
         for _ in 0..self.starved.len() {
             let Some(other) = self.starved.pop_front() else {
                 break;
@@ -958,6 +962,7 @@ impl Mux {
                 self.grant_credit(other);
             }
         }
+        self.grant_credit(id);
     }
 
     /// Half-closes `id`: CLOSE follows the data already queued.
@@ -2000,5 +2005,304 @@ mod tests {
         p.a.handle_timeout(later);
         assert_eq!(p.a.phase(), Phase::Established);
         assert_eq!(p.a.counters().pauses, 1);
+    }
+
+    fn raw(kind: Kind, flags: Flags, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        wire::emit_frame(&mut out, kind, flags, stream, payload, kind == Kind::Hello);
+        out
+    }
+
+    fn events(mux: &mut Mux) -> Vec<Event> {
+        std::iter::from_fn(|| mux.poll_event()).collect()
+    }
+
+    /// Established pair, events drained.
+    fn established() -> Pair {
+        let mut p = Pair::new();
+        p.run();
+        p.a_events.clear();
+        p.b_events.clear();
+        p
+    }
+
+    fn open_payload(service: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        Open {
+            initial_credit: 1024,
+            service,
+            args: b"",
+        }
+        .emit(&mut out);
+        out
+    }
+
+    #[test]
+    fn opening_past_the_stream_limit_is_refused_and_the_session_survives() {
+        let mut server = Config::new(Role::Server, 2);
+        server.max_streams = 2;
+        let mut p = Pair::with(Config::new(Role::Client, 1), server);
+        p.run();
+        for id in [1u32, 3, 5] {
+            p.b.handle_input(
+                p.now,
+                &raw(Kind::Open, Flags::empty(), id, &open_payload("svc")),
+            );
+        }
+        let incoming = events(&mut p.b)
+            .iter()
+            .filter(|e| matches!(e, Event::Incoming { .. }))
+            .count();
+        assert_eq!(incoming, 2);
+        let out = p.b.poll_transmit().to_vec();
+        let mut d = crate::codec::Decoder::new(1 << 20);
+        let mut input = &out[..];
+        let mut refusals = Vec::new();
+        while let Some(Ok(f)) = d.decode(&mut input) {
+            if f.kind == Kind::OpenErr as u8 {
+                refusals.push((
+                    f.stream,
+                    ErrorBody::parse(Kind::OpenErr, &f.payload).unwrap().code,
+                ));
+            }
+        }
+        assert_eq!(refusals, vec![(5, ErrorCode::STREAM_LIMIT)]);
+        assert_eq!(p.b.phase(), Phase::Established);
+        assert_eq!(p.b.counters().opens_refused, 1);
+    }
+
+    #[test]
+    fn an_oversized_length_ends_the_session_with_frame_too_large() {
+        let mut p = established();
+        let mut header = [0u8; wire::HEADER_LEN];
+        wire::Header {
+            kind: Kind::Data,
+            flags: Flags::empty(),
+            stream: 1,
+            len: 1 << 30,
+        }
+        .emit(&mut header);
+        p.b.handle_input(p.now, &header);
+        assert_eq!(p.b.phase(), Phase::Terminated);
+        let t = p.b.termination().unwrap();
+        assert_eq!(t.code, ErrorCode::FRAME_TOO_LARGE);
+        assert!(!t.by_peer);
+        // The peer learns why.
+        p.run();
+        assert_eq!(p.a.termination().unwrap().code, ErrorCode::FRAME_TOO_LARGE);
+        assert!(p.a.termination().unwrap().by_peer);
+        assert!(p.b.buffered().decoder <= wire::HEADER_LEN);
+    }
+
+    #[test]
+    fn an_unknown_kind_or_flag_is_a_protocol_error() {
+        for (kind, flags) in [(0x42u8, 0u16), (Kind::Data as u8, 0x8000)] {
+            let mut p = established();
+            let mut bytes = raw(Kind::Data, Flags::empty(), 1, b"x");
+            bytes[3] = kind;
+            bytes[4..6].copy_from_slice(&flags.to_le_bytes());
+            let crc = wire::crc32c(&bytes[..16]).to_le_bytes();
+            bytes[16..20].copy_from_slice(&crc);
+            p.b.handle_input(p.now, &bytes);
+            assert_eq!(
+                p.b.termination().unwrap().code,
+                ErrorCode::PROTOCOL,
+                "kind {kind:#x} flags {flags:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn data_on_a_never_opened_stream_is_a_protocol_error_but_on_an_ended_one_is_dropped() {
+        let mut p = established();
+        let id = p.a.open("svc", b"").unwrap();
+        p.run();
+        let (bid, _, _) = p.take_incoming();
+        p.b.accept(bid, b"").unwrap();
+        p.run();
+        p.a.reset(id, ErrorCode::CANCEL, "").unwrap();
+        p.run();
+        assert!(!p.b.has_stream(id));
+        p.b.handle_input(p.now, &raw(Kind::Data, Flags::empty(), id, b"late"));
+        assert_eq!(p.b.phase(), Phase::Established);
+        assert_eq!(p.b.counters().stale_frames, 1);
+        p.b.handle_input(p.now, &raw(Kind::Data, Flags::empty(), 99, b"never"));
+        assert_eq!(p.b.termination().unwrap().code, ErrorCode::PROTOCOL);
+    }
+
+    #[test]
+    fn a_ping_flood_costs_one_pong() {
+        let mut p = established();
+        let mut flood = Vec::new();
+        for i in 0..10_000u64 {
+            flood.extend(raw(Kind::Ping, Flags::empty(), 0, &i.to_le_bytes()));
+        }
+        p.b.handle_input(p.now, &flood);
+        let out = p.b.poll_transmit().to_vec();
+        let mut d = crate::codec::Decoder::new(1 << 20);
+        let mut input = &out[..];
+        let pongs: Vec<u64> = std::iter::from_fn(|| d.decode(&mut input))
+            .filter_map(Result::ok)
+            .filter(|f| f.kind == Kind::Pong as u8)
+            .map(|f| u64::from_le_bytes(f.payload[..8].try_into().unwrap()))
+            .collect();
+        assert_eq!(pongs, vec![9_999]);
+    }
+
+    #[test]
+    fn a_peer_that_never_reads_gets_overload_not_unbounded_memory() {
+        let mut p = established();
+        // The peer opens stream after stream past the limit and never reads the refusals.
+        let mut server = Config::new(Role::Server, 2);
+        server.max_streams = 0;
+        server.max_pending_control = 100;
+        server.output_high_water = 1024;
+        let mut b = Mux::new(server, p.now);
+        let hello = Hello {
+            role: Role::Client,
+            version: 1,
+            features: Features::empty(),
+            max_frame: 1 << 16,
+            max_streams: 8,
+            nonce: 5,
+            boot_id: [0; 16],
+        };
+        b.handle_input(p.now, &raw(Kind::Hello, Flags::REPLY, 0, &hello.to_bytes()));
+        for i in 0..1000u32 {
+            b.handle_input(
+                p.now,
+                &raw(Kind::Open, Flags::empty(), 2 * i + 1, &open_payload("svc")),
+            );
+            let _ = b.poll_transmit(); // built, but the link never takes it
+            if b.phase() == Phase::Terminated {
+                break;
+            }
+        }
+        assert_eq!(b.termination().unwrap().code, ErrorCode::OVERLOAD);
+        assert!(
+            b.buffered().output < 64 << 10,
+            "output {}",
+            b.buffered().output
+        );
+        p.a.goaway(ErrorCode::NORMAL, "");
+    }
+
+    #[test]
+    fn frames_before_hello_are_stale_and_dropped() {
+        let mut b = Mux::new(Config::new(Role::Server, 2), Instant::ZERO);
+        b.handle_input(
+            Instant::ZERO,
+            &raw(Kind::Data, Flags::empty(), 1, b"old session"),
+        );
+        b.handle_input(Instant::ZERO, &raw(Kind::Close, Flags::empty(), 1, b""));
+        assert_eq!(b.phase(), Phase::AwaitingHello);
+        assert_eq!(b.counters().stale_frames, 2);
+    }
+
+    #[test]
+    fn a_new_nonce_means_the_peer_restarted() {
+        let mut p = established();
+        let id = p.a.open("svc", b"").unwrap();
+        p.run();
+        let (bid, _, _) = p.take_incoming();
+        p.b.accept(bid, b"").unwrap();
+        p.run();
+        // A fresh client on the same port: new nonce.
+        let mut fresh = Mux::new(Config::new(Role::Client, 999), p.now);
+        let hello = fresh.poll_transmit().to_vec();
+        p.b.handle_input(p.now, &hello);
+        let ev = events(&mut p.b);
+        assert!(ev.iter().any(
+            |e| matches!(e, Event::Reset { id: i, code: ErrorCode::LINK_LOST, .. } if *i == id)
+        ));
+        assert!(ev.iter().any(|e| matches!(
+            e,
+            Event::Established {
+                restarted: true,
+                ..
+            }
+        )));
+        assert_eq!(p.b.counters().peer_restarts, 1);
+        assert_eq!(p.b.stream_count(), 0);
+    }
+
+    #[test]
+    fn same_roles_and_other_versions_are_refused_clearly() {
+        let mut p = Pair::with(Config::new(Role::Client, 1), Config::new(Role::Client, 2));
+        p.run();
+        assert_eq!(p.a.termination().unwrap().code, ErrorCode::ROLE_CONFLICT);
+
+        let mut b = Mux::new(Config::new(Role::Server, 2), Instant::ZERO);
+        let mut hello = Hello {
+            role: Role::Client,
+            version: 7,
+            features: Features::empty(),
+            max_frame: 1 << 16,
+            max_streams: 8,
+            nonce: 5,
+            boot_id: [0; 16],
+        };
+        b.handle_input(
+            Instant::ZERO,
+            &raw(Kind::Hello, Flags::empty(), 0, &hello.to_bytes()),
+        );
+        let t = b.termination().unwrap();
+        assert_eq!(t.code, ErrorCode::VERSION);
+        assert_eq!(
+            t.message,
+            "peer speaks vmux protocol version 7, this side speaks version 1"
+        );
+        hello.version = 1;
+        let _ = hello;
+    }
+
+    #[test]
+    fn a_lost_hello_is_resent_until_answered() {
+        let mut a = Mux::new(Config::new(Role::Client, 1), Instant::ZERO);
+        let first = a.poll_transmit().len();
+        a.advance_output(first); // lost on the wire
+        assert_eq!(a.poll_at(), Some(Instant::from_millis(1000)));
+        a.handle_timeout(Instant::from_millis(1000));
+        let again = a.poll_transmit().to_vec();
+        assert_eq!(again.len(), first);
+        let mut b = Mux::new(Config::new(Role::Server, 2), Instant::ZERO);
+        let b_hello = b.poll_transmit().len();
+        b.advance_output(b_hello); // also lost
+        b.handle_input(Instant::from_millis(1000), &again);
+        let answer = b.poll_transmit().to_vec();
+        a.handle_input(Instant::from_millis(1000), &answer);
+        assert_eq!(a.phase(), Phase::Established);
+        assert_eq!(b.phase(), Phase::Established);
+    }
+
+    #[test]
+    fn credit_is_granted_within_the_session_budget() {
+        let mut client = Config::new(Role::Client, 1);
+        client.stream_window = 64 << 10;
+        client.max_buffered = 100 << 10;
+        let mut p = Pair::with(client, Config::new(Role::Server, 2));
+        let ids: Vec<StreamId> = (0..3).map(|_| p.a.open("svc", b"").unwrap()).collect();
+        // 64 KiB for the first, 36 KiB for the second, nothing for the third.
+        assert_eq!(p.a.buffered().granted, 100 << 10);
+        p.run();
+        for _ in 0..3 {
+            let (bid, _, _) = p.take_incoming();
+            p.b.accept(bid, b"").unwrap();
+        }
+        p.run();
+        assert_eq!(p.b.send_capacity(ids[0]), 64 << 10);
+        assert_eq!(p.b.send_capacity(ids[1]), 36 << 10);
+        assert_eq!(p.b.send_capacity(ids[2]), 0);
+        // The first stream's data is consumed: the starved streams get credit.
+        p.b.send(ids[0], &vec![1u8; 64 << 10]).unwrap();
+        p.run();
+        let got = Pair::drain_rx(&mut p.a, ids[0]);
+        assert_eq!(got.len(), 64 << 10);
+        p.run();
+        assert!(
+            p.b.send_capacity(ids[2]) > 0,
+            "the starved stream got credit"
+        );
+        assert!(p.a.buffered().granted <= 100 << 10);
     }
 }

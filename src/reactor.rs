@@ -593,18 +593,21 @@ impl Core {
                 }
             }
             self.drain_commands(&mut touched);
-            let now = self.clock.now();
-            for (sid, s) in self.sessions.iter_mut() {
-                if s.mux.poll_at().is_some_and(|at| at <= now) {
-                    s.mux.handle_timeout(now);
-                    touched.push(*sid);
-                }
-            }
             if self.busy {
                 self.busy = false;
                 touched.extend(self.sessions.keys().copied());
             }
+            // Input first: after a freeze, a PONG already waiting must count before timers run.
             self.drive_all(touched);
+            let now = self.clock.now();
+            let mut timed = Vec::new();
+            for (sid, s) in self.sessions.iter_mut() {
+                if s.mux.poll_at().is_some_and(|at| at <= now) {
+                    s.mux.handle_timeout(now);
+                    timed.push(*sid);
+                }
+            }
+            self.drive_all(timed);
         }
         self.shutdown_all();
     }
@@ -1383,7 +1386,11 @@ impl Core {
                 s.write_interest = wants_write;
             }
         }
-        let over = s.mux.phase() == Phase::Terminated && (s.link_down || !s.mux.wants_to_write());
+        // A port does not wait for a peer that stopped reading to take the last frame: the next
+        // session on the same fd starts over with HELLO anyway.
+        let stalled_port = s.port.is_some() && !s.writable;
+        let over = s.mux.phase() == Phase::Terminated
+            && (s.link_down || stalled_port || !s.mux.wants_to_write());
         if over {
             self.retire(sid);
         }
@@ -1502,11 +1509,13 @@ impl SessionEntry {
             // A virtio-serial port with no host: nothing to lose, wait for the next event.
             return;
         }
-        if self.link.kind() != LinkKind::VirtioSerial {
-            self.link_down = true;
-        }
-        self.mux
-            .link_lost(&format!("{} closed the link", self.link.peer()));
+        // This session's link is over; a port's fd lives on in the next session.
+        self.link_down = true;
+        let why = match self.link.kind() {
+            LinkKind::VirtioSerial => "the host closed the virtio-serial port".to_string(),
+            _ => format!("{} closed the link", self.link.peer()),
+        };
+        self.mux.link_lost(&why);
     }
 
     /// Writes what the mux has built until the link would block; returns whether any was written.

@@ -18,7 +18,9 @@ fn spawn_guest(session: Session) -> thread::JoinHandle<()> {
                 continue;
             }
             let reply = incoming.args.clone();
-            let Ok(mut stream) = incoming.accept(&reply) else { continue };
+            let Ok(mut stream) = incoming.accept(&reply) else {
+                continue;
+            };
             thread::spawn(move || {
                 let mut buf = vec![0u8; 32 << 10];
                 loop {
@@ -51,10 +53,18 @@ fn chain() -> Chain {
     let guest_reactor = Reactor::spawn().unwrap();
     let router = Reactor::spawn().unwrap();
     let client_reactor = Reactor::spawn().unwrap();
-    let guest = guest_reactor.add_link(guest_link, Config::new(Role::Server, 1)).unwrap();
-    let router_guest_side = router.add_link(router_guest_link, Config::new(Role::Client, 2)).unwrap();
-    let router_client_side = router.add_link(router_client_link, Config::new(Role::Server, 3)).unwrap();
-    let client = client_reactor.add_link(client_link, Config::new(Role::Client, 4)).unwrap();
+    let guest = guest_reactor
+        .add_link(guest_link, Config::new(Role::Server, 1))
+        .unwrap();
+    let router_guest_side = router
+        .add_link(router_guest_link, Config::new(Role::Client, 2))
+        .unwrap();
+    let router_client_side = router
+        .add_link(router_client_link, Config::new(Role::Server, 3))
+        .unwrap();
+    let client = client_reactor
+        .add_link(client_link, Config::new(Role::Client, 4))
+        .unwrap();
     spawn_guest(guest);
     let target = router_guest_side.clone();
     thread::spawn(move || {
@@ -64,7 +74,11 @@ fn chain() -> Chain {
             }
         }
     });
-    Chain { _reactors: vec![guest_reactor, router, client_reactor], client, router_guest_side }
+    Chain {
+        _reactors: vec![guest_reactor, router, client_reactor],
+        client,
+        router_guest_side,
+    }
 }
 
 #[test]
@@ -74,7 +88,9 @@ fn forwarded_streams_carry_data_both_ways_and_the_reply() {
         for n in 0..16u8 {
             let client = &chain.client;
             scope.spawn(move || {
-                let (stream, reply) = client.open_with_reply("echo", &[n; 3]).expect("open through the router");
+                let (stream, reply) = client
+                    .open_with_reply("echo", &[n; 3])
+                    .expect("open through the router");
                 assert_eq!(reply, vec![n; 3]);
                 let data: Vec<u8> = (0..(1usize << 20)).map(|i| (i as u8) ^ n).collect();
                 let mut back = Vec::new();
@@ -108,7 +124,10 @@ fn a_refusal_from_the_target_reaches_the_client_unchanged() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     // The client session survives and can still open streams.
-    let mut ok = chain.client.open("echo", b"").expect("open after a refusal");
+    let mut ok = chain
+        .client
+        .open("echo", b"")
+        .expect("open after a refusal");
     ok.write_all(b"x").unwrap();
     ok.shutdown_write().unwrap();
     let mut back = Vec::new();
@@ -120,7 +139,12 @@ fn a_refusal_from_the_target_reaches_the_client_unchanged() {
 fn a_client_reset_reaches_the_target() {
     let chain = chain();
     let stream = chain.client.open("echo", b"").unwrap();
-    let before = chain.router_guest_side.stats().unwrap().counters.resets_sent;
+    let before = chain
+        .router_guest_side
+        .stats()
+        .unwrap()
+        .counters
+        .resets_sent;
     stream.reset(ErrorCode::CANCEL).unwrap();
     // The router passes the reset on to the guest side.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -129,7 +153,10 @@ fn a_client_reset_reaches_the_target() {
         if stats.counters.resets_sent > before && stats.streams == 0 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "reset never reached the guest side: {stats:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reset never reached the guest side: {stats:?}"
+        );
         thread::sleep(std::time::Duration::from_millis(10));
     }
 }

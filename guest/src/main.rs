@@ -1,9 +1,8 @@
 //! `vmux-agent`: the guest side of vmux. As PID 1 of a minimal initrd it sets the machine up
 //! (mounts, modules, reaping) from the kernel command line; otherwise it takes flags.
 //!
-//! PID 1 never returns from `main`: it ends through `pid1::power::shutdown`. The event loop plugs
-//! in at [`serve`]: build the listeners from `settings.listen`, register `children` (a signalfd)
-//! with `mio`, and call `children.reap()` when it is readable.
+//! PID 1 never returns from `main`: it ends through `pid1::power::shutdown`. [`serve`] runs the
+//! listeners from `settings.listen` and the service loop (`vmux_agent::serve`).
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -128,6 +127,9 @@ fn announce(settings: &Settings) {
     log::info!("vmux-agent ready (listen: {})", settings.listen.join(", "));
 }
 
-/// Runs the services until they end. The transport and reactor are not wired yet: this returns
-/// at once. Later: open `settings.listen`, register `children` with the reactor, run it.
-fn serve(_settings: &Settings, _children: &ChildSignals) {}
+/// Runs the services until they end; a failure to start is logged (PID 1 then keeps reaping).
+fn serve(settings: &Settings, children: &ChildSignals) {
+    if let Err(e) = vmux_agent::serve::serve(settings, children) {
+        log::error!("{e}");
+    }
+}

@@ -114,6 +114,11 @@ impl ChildSignals {
         reap()
     }
 
+    /// Empties the signalfd without collecting anyone (for a thread that only watches it).
+    pub fn drain(&self) {
+        while let Ok(Some(_)) = self.fd.read_signal() {}
+    }
+
     /// Blocks until a child may have exited or `timeout` passes; for loops without a reactor.
     pub fn wait(&self, timeout: PollTimeout) -> nix::Result<bool> {
         let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];

@@ -331,6 +331,14 @@ impl RemoteProcess {
         self.controller.resize(rows, cols)
     }
 
+    /// Gives up on the process: resets the control stream, and the agent kills its group.
+    pub fn abort(self) -> Result<(), ServiceError> {
+        Ok(self
+            .controller
+            .control
+            .reset(crate::wire::ErrorCode::CANCEL)?)
+    }
+
     /// Waits for the process to end. Streams not taken are closed first (stdin gets EOF;
     /// untaken output is discarded); output streams taken earlier already hold every byte
     /// when this returns.

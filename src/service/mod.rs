@@ -53,6 +53,11 @@ pub const SHUTDOWN: &str = "shutdown";
 /// Every service name the agent serves.
 pub const SERVICES: [&str; 7] = [INFO, EXEC, EXEC_IO, COPY, COPY_DATA, FORWARD, SHUTDOWN];
 
+/// Extends a CRC32C (Castagnoli) over `bytes`; start from 0. The checksum `copy` compares.
+pub fn crc32c_append(crc: u32, bytes: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc, bytes)
+}
+
 /// Why a client call failed.
 #[derive(Debug)]
 pub enum ServiceError {

@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests; each test file includes this module with `mod common;`.
 //!
-//! Not every test file uses every helper, so dead-code warnings are off for the whole module.
+//! The QEMU harness lives in the `vmux-vmtest` crate so that `cargo xtask demo` can use it too.
 #![allow(dead_code)]
 
-pub mod vm;
+pub use vmux_vmtest as vm;

@@ -6,7 +6,9 @@
 
 mod assets;
 mod cpio;
+mod demo;
 mod elf;
+mod fuzz;
 mod util;
 
 use std::path::{Path, PathBuf};
@@ -24,8 +26,15 @@ commands:
                            static vmux-agent and vmux-shim, initrd.cpio and a manifest.
                            --init PATH puts the static executable PATH at /init instead
                            of vmux-agent (run again without it to go back).
-  test [ARGS...]           vm-assets, then `cargo test --workspace ARGS...` with
-                           VMUX_VM_TESTS=1 (VM tests fail instead of skipping)
+    test [ARGS...]           vm-assets, then `cargo test --workspace ARGS...` with
+                           VMUX_VM_TESTS=1 (VM tests fail instead of skipping), then a
+                           short fuzz pass (VMUX_FUZZ_SECONDS per target, default 15)
+    demo                     boot a VM with vmux-agent as PID 1 and run vmux-shim info and
+                           exec over hybrid vsock, virtio-serial and ISA serial, then
+                           power it off
+  fuzz [--seconds N] [TARGET...]
+                           run the cargo-fuzz targets in fuzz/ for N s each (default 60),
+                           installing cargo-fuzz into target/tools/ if needed
   help, --help, -h         show this text
 ";
 
@@ -40,6 +49,10 @@ fn main() -> ExitCode {
         }
         Some("vm-assets") => vm_assets(&rest).map(|_| ExitCode::SUCCESS),
         Some("test") => test(&rest),
+        Some("demo") => demo::demo(&workspace_root()).map(|_| ExitCode::SUCCESS),
+        Some("fuzz") => fuzz::Options::parse(&rest)
+            .and_then(|o| fuzz::fuzz(&workspace_root(), &o))
+            .map(|_| ExitCode::SUCCESS),
         Some(other) => Err(format!("unknown command `{other}`\n\n{USAGE}")),
     };
     match result {
@@ -98,9 +111,28 @@ fn test(args: &[String]) -> Result<ExitCode> {
     let status = cmd
         .status()
         .map_err(|e| format!("could not start cargo test: {e}"))?;
-    Ok(if status.success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    if !status.success() {
+        return Ok(ExitCode::FAILURE);
+    }
+    let seconds = match std::env::var("VMUX_FUZZ_SECONDS") {
+        Ok(v) => v
+            .parse()
+            .map_err(|_| format!("VMUX_FUZZ_SECONDS={v} is not a number"))?,
+        Err(_) => 15,
+    };
+    if seconds > 0 {
+        if !fuzz::has_cxx() {
+            return Err(
+                "the fuzz pass needs a C++ compiler for libFuzzer: apt-get install g++".into(),
+            );
+        }
+        fuzz::fuzz(
+            &workspace_root(),
+            &fuzz::Options {
+                seconds,
+                targets: Vec::new(),
+            },
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

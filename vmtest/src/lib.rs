@@ -1,4 +1,4 @@
-//! A QEMU harness for integration tests: boots a throwaway guest from the assets that
+//! A QEMU harness for the integration tests and `cargo xtask demo`: boots a throwaway guest from the assets that
 //! `cargo xtask vm-assets` prepared, with any of a virtio-serial port, an ISA serial port (ttyS1) and a
 //! hybrid vsock device, and gives the test the host ends of those links as unix socket paths.
 //!
@@ -57,7 +57,7 @@ pub struct VmAssets {
 impl VmAssets {
     /// The manifest's location: `target/vm-assets/manifest` under the workspace root.
     pub fn manifest_path() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/vm-assets/manifest")
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/vm-assets/manifest")
     }
 
     /// Reads the manifest: `Ok(None)` if there is none, an error if it is unreadable or names missing files.

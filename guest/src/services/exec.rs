@@ -1,0 +1,390 @@
+//! `exec` and `exec.io` in the agent: spawn, hand stdio to pumps, signal, resize, report Exit.
+//!
+//! A process is spawned in its own session (`setsid`), so its pid is its process group and a
+//! signal to `-pid` reaches every process of the job. Without a pty its stdout and stderr are
+//! pipes created before it starts, so nothing it writes is lost while the host opens `exec.io`
+//! (a full pipe blocks the writer: that is the backpressure). Its stdin is a pipe when the host
+//! asked for it, else `/dev/null`. With a pty the slave is fds 0-2 and the controlling
+//! terminal; the agent keeps the master (for resizes, and because closing it would discard
+//! what was not yet read) and pumps duplicates of it.
+//!
+//! Exit is sent on the control stream when the child was reaped AND every output pump ended,
+//! so every output byte is already in the session before the host learns the status.
+
+use super::{reject, reject_args, sys, ChannelOwner, Ctx, PumpOwner};
+use crate::reaper::ChildStatus;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use vmux::reactor::SessionId;
+use vmux::service::{ControlDecoder, ControlMsg, ExecIo, ExecReply, ExecRequest};
+use vmux::session::{ChannelEventKind, Incoming, PumpSpec, StreamRef};
+use vmux::wire::ErrorCode;
+
+/// A spawned process's fds, before the host claims them.
+struct Spawned {
+    pid: Pid,
+    pty: Option<OwnedFd>,
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+}
+
+/// One process started by `exec`.
+struct Exec {
+    session: SessionId,
+    /// The control stream while it is open.
+    control: Option<StreamRef>,
+    decoder: ControlDecoder,
+    pid: Pid,
+    /// The pty master, kept for resizes and so nothing the child wrote is discarded.
+    pty: Option<OwnedFd>,
+    /// Whether the host asked to send stdin.
+    stdin_requested: bool,
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    /// With a pty: which of its directions were handed out (0 = input, 1 = output).
+    pty_taken: [bool; 2],
+    /// Output pumps (stdout, stderr) not ended yet, counting those not opened yet.
+    outputs_pending: u8,
+    status: Option<ChildStatus>,
+}
+
+impl Exec {
+    /// Kills the whole process group, unless it was already reaped.
+    fn kill(&self) {
+        if self.status.is_none() {
+            if let Err(e) = killpg(self.pid, Signal::SIGKILL) {
+                log::debug!("kill -{}: {e}", self.pid);
+            }
+        }
+    }
+}
+
+/// Every process the agent started and has not finished reporting.
+#[derive(Default)]
+pub(super) struct Execs {
+    by_id: HashMap<u64, Exec>,
+}
+
+impl Execs {
+    /// Whether some process has not been reaped yet.
+    pub fn running(&self) -> bool {
+        self.by_id.values().any(|e| e.status.is_none())
+    }
+
+    /// `exec`: validate, spawn, accept the control stream with `{exec_id, pid}`.
+    pub fn open(&mut self, ctx: &mut Ctx, incoming: Incoming) {
+        let req = match ExecRequest::decode(&incoming.args) {
+            Ok(r) => r,
+            Err(e) => return reject_args(incoming, &e),
+        };
+        let spawned = match spawn(&req) {
+            Ok(s) => s,
+            Err(message) => return reject(incoming, ErrorCode::REFUSED, &message),
+        };
+        let id = ctx.next_id();
+        let reply = ExecReply {
+            exec_id: id,
+            pid: spawned.pid.as_raw() as u32,
+        };
+        let key = (incoming.session_id(), incoming.id());
+        let session = incoming.session_id();
+        let control = match incoming.accept_channel(&reply.encode(), ctx.channel_tx.clone()) {
+            Ok(c) => {
+                ctx.channels.insert(key, ChannelOwner::Exec(id));
+                Some(c)
+            }
+            Err(e) => {
+                log::debug!("exec: {e}");
+                None
+            }
+        };
+        log::debug!("exec {id}: pid {} runs {:?}", spawned.pid, req.argv);
+        let exec = Exec {
+            session,
+            control,
+            decoder: ControlDecoder::new(),
+            pid: spawned.pid,
+            outputs_pending: if spawned.pty.is_some() { 1 } else { 2 },
+            pty: spawned.pty,
+            stdin_requested: req.stdin,
+            stdin: spawned.stdin,
+            stdout: spawned.stdout,
+            stderr: spawned.stderr,
+            pty_taken: [false; 2],
+            status: None,
+        };
+        if exec.control.is_none() {
+            exec.kill();
+        }
+        self.by_id.insert(id, exec);
+    }
+
+    /// `exec.io`: hand one of the process's fds to a pump.
+    pub fn open_io(&mut self, ctx: &mut Ctx, incoming: Incoming) {
+        let io = match ExecIo::decode(&incoming.args) {
+            Ok(io) => io,
+            Err(e) => return reject_args(incoming, &e),
+        };
+        let exec = match self.by_id.get_mut(&io.exec_id) {
+            Some(e) if e.session == incoming.session_id() && e.control.is_some() => e,
+            _ => {
+                let message = format!("exec.io: no running exec {} on this session", io.exec_id);
+                return reject(incoming, ErrorCode::REFUSED, &message);
+            }
+        };
+        let fd = match take_fd(exec, io.fd) {
+            Ok(fd) => fd,
+            Err(message) => {
+                let message = format!("exec.io {} fd {}: {message}", io.exec_id, io.fd);
+                return reject(incoming, ErrorCode::REFUSED, &message);
+            }
+        };
+        let key = (incoming.session_id(), incoming.id());
+        let (spec, owner) = if io.fd == 0 {
+            let spec = PumpSpec {
+                to_fd: Some(fd),
+                ..ctx.pump()
+            };
+            (spec, PumpOwner::ExecInput)
+        } else {
+            let spec = PumpSpec {
+                from_fd: Some(fd),
+                ..ctx.pump()
+            };
+            (spec, PumpOwner::ExecOutput(io.exec_id))
+        };
+        match incoming.accept_pump(&[], spec) {
+            Ok(()) => {
+                ctx.pumps.insert(key, owner);
+            }
+            Err(e) => {
+                log::debug!("exec.io: {e}");
+                if io.fd != 0 {
+                    self.output_done(io.exec_id);
+                }
+            }
+        }
+    }
+
+    /// Something happened on a control stream.
+    pub fn control_event(&mut self, id: u64, kind: ChannelEventKind) {
+        let Some(exec) = self.by_id.get_mut(&id) else {
+            return;
+        };
+        match kind {
+            ChannelEventKind::Data(bytes) => {
+                let mut result = exec.decoder.push(&bytes);
+                while result.is_ok() {
+                    match exec.decoder.next_msg() {
+                        Ok(Some(msg)) => control_msg(id, exec, msg),
+                        Ok(None) => break,
+                        Err(e) => result = Err(e),
+                    }
+                }
+                if let Err(e) = result {
+                    log::warn!("exec {id}: bad control message: {e}");
+                    if let Some(control) = exec.control.take() {
+                        let _ = control.reset(ErrorCode::PROTOCOL);
+                    }
+                    exec.kill();
+                }
+            }
+            ChannelEventKind::PeerClosed => {}
+            ChannelEventKind::Ended(Ok(())) => {
+                exec.control = None;
+            }
+            ChannelEventKind::Ended(Err(e)) => {
+                log::debug!("exec {id}: control stream ended: {e}; killing the process group");
+                exec.control = None;
+                exec.kill();
+            }
+        }
+        self.maybe_finish(id);
+    }
+
+    /// An output pump of `id` ended.
+    pub fn output_done(&mut self, id: u64) {
+        if let Some(exec) = self.by_id.get_mut(&id) {
+            exec.outputs_pending = exec.outputs_pending.saturating_sub(1);
+        }
+        self.maybe_finish(id);
+    }
+
+    /// A child was reaped; returns whether it was one of ours.
+    pub fn reaped(&mut self, pid: Pid, status: ChildStatus) -> bool {
+        let Some((&id, exec)) = self.by_id.iter_mut().find(|(_, e)| e.pid == pid) else {
+            return false;
+        };
+        log::debug!("exec {id}: pid {pid} ended: {status:?}");
+        exec.status = Some(status);
+        self.maybe_finish(id);
+        true
+    }
+
+    /// Kills every process that still runs (before the agent goes away).
+    pub fn kill_all(&self) {
+        for exec in self.by_id.values() {
+            exec.kill();
+        }
+    }
+
+    /// Sends Exit once the status is known and all output is out; forgets finished processes.
+    fn maybe_finish(&mut self, id: u64) {
+        let Some(exec) = self.by_id.get_mut(&id) else {
+            return;
+        };
+        let Some(status) = exec.status else {
+            return;
+        };
+        match &exec.control {
+            Some(control) if exec.outputs_pending == 0 => {
+                let msg = ControlMsg::Exit(super::exit_status(status));
+                if control.send(msg.encode()).is_ok() {
+                    let _ = control.close();
+                }
+                self.by_id.remove(&id);
+            }
+            Some(_) => {}
+            None => {
+                // Nobody to tell: forget it (pumps still running end on their own).
+                self.by_id.remove(&id);
+            }
+        }
+    }
+}
+
+/// Applies one host message.
+fn control_msg(id: u64, exec: &mut Exec, msg: ControlMsg) {
+    match msg {
+        ControlMsg::Signal { signo } => {
+            let signal = i32::try_from(signo)
+                .ok()
+                .and_then(|n| Signal::try_from(n).ok());
+            match signal {
+                Some(signal) if exec.status.is_none() => {
+                    if let Err(e) = killpg(exec.pid, signal) {
+                        log::debug!("exec {id}: kill -{signal} -{}: {e}", exec.pid);
+                    }
+                }
+                Some(_) => {}
+                None => log::warn!("exec {id}: ignoring unknown signal {signo}"),
+            }
+        }
+        ControlMsg::Resize { rows, cols } => {
+            if let Some(master) = &exec.pty {
+                if let Err(e) = sys::set_window_size(master.as_fd(), rows, cols) {
+                    log::debug!("exec {id}: resize: {e}");
+                }
+            }
+        }
+        other => log::warn!("exec {id}: ignoring unexpected control message {other:?}"),
+    }
+}
+
+/// Takes the fd the host asked for, or says why not.
+fn take_fd(exec: &mut Exec, fd: u8) -> Result<OwnedFd, String> {
+    if let Some(master) = &exec.pty {
+        let direction = match fd {
+            0 if !exec.stdin_requested => return Err("stdin was not requested".into()),
+            0 => 0,
+            1 => 1,
+            _ => return Err("a pty has no separate stderr (it is part of fd 1)".into()),
+        };
+        if exec.pty_taken[direction] {
+            return Err("already open".into());
+        }
+        let dup = master.try_clone().map_err(|e| e.to_string())?;
+        exec.pty_taken[direction] = true;
+        return Ok(dup);
+    }
+    let slot = match fd {
+        0 if !exec.stdin_requested => return Err("stdin was not requested".into()),
+        0 => &mut exec.stdin,
+        1 => &mut exec.stdout,
+        _ => &mut exec.stderr,
+    };
+    slot.take().ok_or_else(|| "already open".to_string())
+}
+
+/// Starts the process; the error is the message for OPEN_ERR.
+fn spawn(req: &ExecRequest) -> Result<Spawned, String> {
+    let program = &req.argv[0];
+    let fail = |what: &str, e: &dyn std::fmt::Display| format!("exec {program}: {what}{e}");
+    if let Some(cwd) = &req.cwd {
+        match std::fs::metadata(cwd) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                let e = std::io::Error::from_raw_os_error(nix::libc::ENOTDIR);
+                return Err(fail(&format!("cwd {cwd}: "), &e));
+            }
+            Err(e) => return Err(fail(&format!("cwd {cwd}: "), &e)),
+        }
+    }
+    let mut cmd = Command::new(program);
+    cmd.args(&req.argv[1..]);
+    for entry in &req.env {
+        if let Some((k, v)) = entry.split_once('=') {
+            cmd.env(k, v);
+        }
+    }
+    if let Some(cwd) = &req.cwd {
+        cmd.current_dir(Path::new(cwd));
+    }
+    if let Some(gid) = req.gid {
+        cmd.gid(gid);
+    }
+    if let Some(uid) = req.uid {
+        cmd.uid(uid);
+    }
+    let mut pty_master = None;
+    let with_pty = req.pty.is_some();
+    if let Some(size) = req.pty {
+        let winsize = nix::pty::Winsize {
+            ws_row: size.rows,
+            ws_col: size.cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(Some(&winsize), None).map_err(|e| fail("openpty: ", &e))?;
+        vmux::transport::set_cloexec(pty.master.as_fd()).map_err(|e| fail("pty: ", &e))?;
+        vmux::transport::set_cloexec(pty.slave.as_fd()).map_err(|e| fail("pty: ", &e))?;
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| fail("pty: ", &e));
+        cmd.stdin(Stdio::from(dup(&pty.slave)?));
+        cmd.stdout(Stdio::from(dup(&pty.slave)?));
+        cmd.stderr(Stdio::from(pty.slave));
+        pty_master = Some(pty.master);
+    } else {
+        cmd.stdin(if req.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        cmd.stdout(Stdio::piped());
+        cmd.stderr(Stdio::piped());
+    }
+    // SAFETY: the closure runs in the forked child before exec and only makes the
+    // async-signal-safe calls in `sys::child_setup` (setsid, ioctl); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || sys::child_setup(with_pty));
+    }
+    // The status is collected by the reaper (waitpid(-1)), never through `Child`.
+    #[allow(clippy::zombie_processes)]
+    let mut child = cmd.spawn().map_err(|e| fail("", &e))?;
+    // Drop our copies of the pty slave now, so the master reads EOF (EIO) when the job ends.
+    drop(cmd);
+    let pid = Pid::from_raw(child.id() as i32);
+    Ok(Spawned {
+        pid,
+        pty: pty_master,
+        stdin: child.stdin.take().map(OwnedFd::from),
+        stdout: child.stdout.take().map(OwnedFd::from),
+        stderr: child.stderr.take().map(OwnedFd::from),
+    })
+}

@@ -1,0 +1,432 @@
+//! A seeded two-peer simulation of the sans-I/O mux with a simulated clock: random chunking and
+//! delays on the link, streams opened from both sides, credit exhaustion by slow readers,
+//! half-closes, resets, a graceful GOAWAY at the end, and keepalive timeouts on a dead link.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+use vmux::mux::{Config, Event, Mux, Phase, StreamId};
+use vmux::time::Instant;
+use vmux::wire::{ErrorCode, Role};
+
+/// xorshift64*, deterministic per seed.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// Byte `i` of the stream opened as number `tag`: both ends can regenerate it.
+fn pattern(tag: u64, i: u64) -> u8 {
+    (tag.wrapping_mul(31).wrapping_add(i.wrapping_mul(7)) ^ (i >> 8)) as u8
+}
+
+/// One direction of the link: chunks in flight with their arrival times.
+#[derive(Default)]
+struct Wire {
+    in_flight: VecDeque<(Instant, Vec<u8>)>,
+    cut: bool,
+}
+
+/// What one side does with one stream.
+#[derive(Default)]
+struct Plan {
+    tag: u64,
+    to_send: u64,
+    sent: u64,
+    received: u64,
+    closed_write: bool,
+    peer_closed: bool,
+    reset: bool,
+    done: bool,
+    /// Bytes taken from the mux but not yet "consumed" (a slow reader).
+    unconsumed: u64,
+}
+
+struct Peer {
+    mux: Mux,
+    plans: BTreeMap<StreamId, Plan>,
+    /// Streams this side opened that the peer has not answered yet, by tag.
+    opening: BTreeMap<StreamId, u64>,
+    errors: Vec<String>,
+}
+
+impl Peer {
+    fn new(config: Config, now: Instant) -> Peer {
+        Peer {
+            mux: Mux::new(config, now),
+            plans: BTreeMap::new(),
+            opening: BTreeMap::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    fn open(&mut self, tag: u64, size: u64) {
+        if let Ok(id) = self.mux.open("sim", &tag.to_le_bytes()) {
+            self.opening.insert(id, size);
+            self.plans.insert(
+                id,
+                Plan {
+                    tag,
+                    to_send: size,
+                    ..Plan::default()
+                },
+            );
+        }
+    }
+
+    fn handle_events(&mut self, rng: &mut Rng, sizes: &BTreeMap<u64, (u64, u64)>) {
+        while let Some(event) = self.mux.poll_event() {
+            match event {
+                Event::Incoming { id, args, .. } => {
+                    let tag = u64::from_le_bytes(args[..8].try_into().unwrap());
+                    // The acceptor sends the size the plan says for the reverse direction.
+                    let back = sizes.get(&tag).map_or(0, |s| s.1);
+                    self.mux.accept(id, b"").unwrap();
+                    self.plans.insert(
+                        id,
+                        Plan {
+                            tag: tag + 1_000_000,
+                            to_send: back,
+                            ..Plan::default()
+                        },
+                    );
+                }
+                Event::Accepted { id, .. } => {
+                    self.opening.remove(&id);
+                }
+                Event::Refused { id, code, message } => {
+                    self.errors
+                        .push(format!("stream {id} refused: {code} {message}"));
+                }
+                Event::Readable { .. } | Event::Writable { .. } | Event::Established { .. } => {}
+                Event::PeerClosed { id } => {
+                    if let Some(p) = self.plans.get_mut(&id) {
+                        p.peer_closed = true;
+                    }
+                }
+                Event::Reset {
+                    id, by_peer, code, ..
+                } => {
+                    if let Some(p) = self.plans.get_mut(&id) {
+                        p.reset = true;
+                        if !by_peer && code != ErrorCode::CANCEL {
+                            self.errors.push(format!("stream {id} failed here: {code}"));
+                        }
+                    }
+                }
+                Event::Closed { id } => {
+                    if let Some(p) = self.plans.get_mut(&id) {
+                        p.done = true;
+                    }
+                }
+                Event::GoAway { .. } | Event::Pong { .. } => {}
+                Event::Terminated(t) => {
+                    if !t.is_graceful() {
+                        self.errors.push(format!("terminated: {t}"));
+                    }
+                }
+            }
+        }
+        let _ = rng;
+    }
+
+    /// Sends, reads (slowly, sometimes) and closes, as the plans say.
+    fn work(&mut self, rng: &mut Rng, peer_tag_of: &dyn Fn(u64) -> u64) {
+        let ids: Vec<StreamId> = self.plans.keys().copied().collect();
+        for id in ids {
+            if !self.mux.has_stream(id) {
+                continue;
+            }
+            let p = self.plans.get_mut(&id).unwrap();
+            // Send a random piece within the capacity.
+            if p.sent < p.to_send {
+                let cap = self.mux.send_capacity(id) as u64;
+                let n = cap.min(p.to_send - p.sent).min(1 + rng.below(40_000));
+                if n > 0 {
+                    let data: Vec<u8> = (p.sent..p.sent + n).map(|i| pattern(p.tag, i)).collect();
+                    let took = self.mux.send(id, &data).unwrap() as u64;
+                    p.sent += took;
+                }
+            }
+            if p.sent == p.to_send && !p.closed_write {
+                p.closed_write = self.mux.close(id).is_ok();
+            }
+            // Read: a slow reader takes data but consumes it later.
+            if rng.chance(70) {
+                let peer_tag = peer_tag_of(p.tag);
+                while let Some(chunk) = self.mux.recv(id) {
+                    for (k, b) in chunk.iter().enumerate() {
+                        let i = p.received + k as u64;
+                        if *b != pattern(peer_tag, i) {
+                            self.errors.push(format!("stream {id}: byte {i} corrupted"));
+                            break;
+                        }
+                    }
+                    p.received += chunk.len() as u64;
+                    p.unconsumed += chunk.len() as u64;
+                    if !self.mux.has_stream(id) {
+                        break;
+                    }
+                }
+            }
+            if p.unconsumed > 0 && rng.chance(60) {
+                let n = if rng.chance(50) {
+                    p.unconsumed
+                } else {
+                    1 + rng.below(p.unconsumed)
+                };
+                self.mux.release(id, n as usize);
+                p.unconsumed -= n;
+            }
+            // Rarely, abort a stream.
+            if rng.chance(1) && rng.chance(20) && !p.done {
+                p.reset = true;
+                let _ = self.mux.reset(id, ErrorCode::CANCEL, "sim abort");
+            }
+        }
+    }
+}
+
+struct Sim {
+    rng: Rng,
+    now: Instant,
+    a: Peer,
+    b: Peer,
+    ab: Wire,
+    ba: Wire,
+    /// tag -> (bytes opener sends, bytes acceptor sends back)
+    sizes: BTreeMap<u64, (u64, u64)>,
+}
+
+impl Sim {
+    fn new(seed: u64, a_cfg: Config, b_cfg: Config) -> Sim {
+        let now = Instant::from_millis(1_000);
+        Sim {
+            rng: Rng::new(seed),
+            now,
+            a: Peer::new(a_cfg, now),
+            b: Peer::new(b_cfg, now),
+            ab: Wire::default(),
+            ba: Wire::default(),
+            sizes: BTreeMap::new(),
+        }
+    }
+
+    fn transmit(mux: &mut Mux, wire: &mut Wire, rng: &mut Rng, now: Instant) {
+        let out = mux.poll_transmit();
+        if out.is_empty() {
+            return;
+        }
+        // The link takes a random amount and splits it into random chunks and delays.
+        let take = if rng.chance(20) {
+            out.len()
+        } else {
+            (1 + rng.below(out.len() as u64 * 2)) as usize
+        };
+        let take = take.min(out.len());
+        let bytes = out[..take].to_vec();
+        mux.advance_output(take);
+        if wire.cut {
+            return;
+        }
+        let mut off = 0;
+        while off < bytes.len() {
+            let n = (1 + rng.below(9_000) as usize).min(bytes.len() - off);
+            let at = now + Duration::from_micros(rng.below(3_000));
+            // Deliver in order: never before the previous chunk.
+            let at = wire.in_flight.back().map_or(at, |(last, _)| at.max(*last));
+            wire.in_flight.push_back((at, bytes[off..off + n].to_vec()));
+            off += n;
+        }
+    }
+
+    fn deliver(mux: &mut Mux, wire: &mut Wire, now: Instant) {
+        while wire.in_flight.front().is_some_and(|(at, _)| *at <= now) {
+            let (_, chunk) = wire.in_flight.pop_front().unwrap();
+            mux.handle_input(now, &chunk);
+        }
+    }
+
+    fn step(&mut self) {
+        self.now = self.now + Duration::from_micros(100 + self.rng.below(2_000));
+        let now = self.now;
+        for mux in [&mut self.a.mux, &mut self.b.mux] {
+            if mux.poll_at().is_some_and(|at| at <= now) {
+                mux.handle_timeout(now);
+            }
+        }
+        Sim::transmit(&mut self.a.mux, &mut self.ab, &mut self.rng, now);
+        Sim::transmit(&mut self.b.mux, &mut self.ba, &mut self.rng, now);
+        Sim::deliver(&mut self.b.mux, &mut self.ab, now);
+        Sim::deliver(&mut self.a.mux, &mut self.ba, now);
+        let sizes = &self.sizes;
+        self.a.handle_events(&mut self.rng, sizes);
+        self.b.handle_events(&mut self.rng, sizes);
+        let tag_of = |tag: u64| {
+            if tag >= 1_000_000 {
+                tag - 1_000_000
+            } else {
+                tag + 1_000_000
+            }
+        };
+        self.a.work(&mut self.rng, &tag_of);
+        self.b.work(&mut self.rng, &tag_of);
+        self.a.handle_events(&mut self.rng, sizes);
+        self.b.handle_events(&mut self.rng, sizes);
+    }
+}
+
+fn small_window(role: Role, nonce: u64) -> Config {
+    let mut c = Config::new(role, nonce);
+    c.stream_window = 32 << 10;
+    c.max_buffered = 256 << 10;
+    c.chunk = 8 << 10;
+    c.output_high_water = 32 << 10;
+    c
+}
+
+fn run_seed(seed: u64) {
+    let mut sim = Sim::new(
+        seed,
+        small_window(Role::Client, seed),
+        small_window(Role::Server, !seed),
+    );
+    let streams = 4 + sim.rng.below(12);
+    for tag in 0..streams {
+        let there = sim.rng.below(300_000);
+        let back = sim.rng.below(300_000);
+        sim.sizes.insert(tag, (there, back));
+    }
+    // Streams are opened from both sides, some before HELLO completes.
+    for tag in 0..streams {
+        let (there, _) = sim.sizes[&tag];
+        if tag % 2 == 0 {
+            sim.a.open(tag, there);
+        } else {
+            sim.b.open(tag, there);
+        }
+    }
+    let mut steps = 0;
+    loop {
+        sim.step();
+        steps += 1;
+        let settled = |p: &Peer| p.plans.values().all(|pl| pl.done || pl.reset);
+        if settled(&sim.a) && settled(&sim.b) {
+            break;
+        }
+        assert!(
+            steps < 200_000,
+            "seed {seed}: did not settle; a={:?} b={:?}",
+            sim.a.mux.buffered(),
+            sim.b.mux.buffered()
+        );
+        // Memory stays bounded by the credit budget at every step.
+        for p in [&sim.a, &sim.b] {
+            let buf = p.mux.buffered();
+            assert!(
+                buf.granted <= 256 << 10,
+                "seed {seed}: granted {} over budget",
+                buf.granted
+            );
+            assert!(
+                buf.rx <= 256 << 10,
+                "seed {seed}: rx {} over budget",
+                buf.rx
+            );
+        }
+    }
+    assert!(
+        sim.a.errors.is_empty(),
+        "seed {seed}: a: {:?}",
+        sim.a.errors
+    );
+    assert!(
+        sim.b.errors.is_empty(),
+        "seed {seed}: b: {:?}",
+        sim.b.errors
+    );
+    // Every stream that was not reset delivered exactly what was sent.
+    for (side, other) in [(&sim.a, &sim.b), (&sim.b, &sim.a)] {
+        for (id, plan) in &side.plans {
+            if plan.reset || other.plans.get(id).is_none_or(|o| o.reset) {
+                continue;
+            }
+            let sent_by_other = other.plans[id].to_send;
+            assert_eq!(
+                plan.received, sent_by_other,
+                "seed {seed}: stream {id} lost bytes"
+            );
+        }
+    }
+    // A graceful shutdown drains both sides.
+    sim.a.mux.goaway(ErrorCode::NORMAL, "done");
+    for _ in 0..10_000 {
+        sim.step();
+        if sim.a.mux.phase() == Phase::Terminated && sim.b.mux.phase() == Phase::Terminated {
+            break;
+        }
+    }
+    assert_eq!(sim.a.mux.phase(), Phase::Terminated, "seed {seed}");
+    assert_eq!(sim.b.mux.phase(), Phase::Terminated, "seed {seed}");
+    assert!(
+        sim.a.mux.termination().unwrap().is_graceful(),
+        "seed {seed}"
+    );
+    assert!(
+        sim.b.mux.termination().unwrap().is_graceful(),
+        "seed {seed}"
+    );
+}
+
+#[test]
+fn random_chunking_delays_and_slow_readers_deliver_every_byte() {
+    for seed in 1..=40 {
+        run_seed(seed);
+    }
+}
+
+#[test]
+fn a_dead_link_ends_in_keepalive_timeout_on_both_sides() {
+    let mut a_cfg = Config::new(Role::Client, 1);
+    let mut b_cfg = Config::new(Role::Server, 2);
+    for c in [&mut a_cfg, &mut b_cfg] {
+        c.keepalive_interval = Some(Duration::from_millis(200));
+        c.keepalive_timeout = Duration::from_millis(500);
+    }
+    let mut sim = Sim::new(7, a_cfg, b_cfg);
+    sim.a.open(0, 1000);
+    sim.sizes.insert(0, (1000, 1000));
+    for _ in 0..500 {
+        sim.step();
+    }
+    assert_eq!(
+        sim.a.mux.phase(),
+        Phase::Established,
+        "keepalive keeps a quiet session alive"
+    );
+    sim.ab.cut = true;
+    sim.ba.cut = true;
+    sim.ab.in_flight.clear();
+    sim.ba.in_flight.clear();
+    for _ in 0..5_000 {
+        sim.step();
+    }
+    for p in [&sim.a, &sim.b] {
+        assert_eq!(p.mux.phase(), Phase::Terminated);
+        assert_eq!(p.mux.termination().unwrap().code, ErrorCode::TIMEOUT);
+    }
+}
