@@ -15,6 +15,7 @@ pub mod cmdline;
 pub mod logger;
 pub mod pid1;
 pub mod reaper;
+pub mod selftest;
 pub mod serve;
 pub mod services;
 pub mod settings;

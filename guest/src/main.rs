@@ -47,6 +47,10 @@ fn run_as_init() -> ! {
     if settings.test_mode_is("panic") {
         panic!("vmux.test=panic");
     }
+    if settings.test_mode_is("vsock-loopback") {
+        vmux_agent::selftest::vsock_loopback();
+        power::shutdown(PowerAction::PowerOff);
+    }
     serve(&settings, &children);
     // The services ended (or none are wired yet): keep reaping orphans, as init must.
     loop {

@@ -167,7 +167,9 @@ pub struct VmBuilder {
 }
 
 impl VmBuilder {
-    /// A guest with no links, 256 MiB, `quiet` kernel, booting the assets' kernel and initrd.
+    /// A guest with no links, 256 MiB, booting the assets' kernel and initrd. The kernel is not
+    /// `quiet` by default: the agent logs through `/dev/kmsg` at info level, and its lines (the
+    /// ready line the tests wait for among them) reach the console only at the default log level.
     pub fn new(assets: &VmAssets) -> Self {
         VmBuilder {
             assets: assets.clone(),
@@ -176,7 +178,7 @@ impl VmBuilder {
             isa_serial: false,
             vsock: false,
             kernel_args: Vec::new(),
-            quiet: true,
+            quiet: false,
             memory_mib: 256,
         }
     }
