@@ -1,0 +1,226 @@
+//! `exec`: run a program in the guest as if it ran here.
+//!
+//! Three copy threads move bytes (local stdin → remote stdin until EOF, remote stdout → local
+//! stdout, remote stderr → local stderr); the main thread waits for the exit status; the signal
+//! channel (see [`crate::signals`]) passes SIGINT, SIGTERM and SIGHUP on to the remote program
+//! and, with `-t`, SIGWINCH as a resize. With `-t` the local terminal is raw for exactly as long
+//! as the [`RawMode`] guard lives, and `main` restores it again on any other way out.
+
+use std::io::{self, IsTerminal, Read, Write};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+use nix::sys::signal::Signal;
+use vmux::service::{self, ExecRequest, ExitStatus, PtySize};
+use vmux::session::Stream;
+
+use crate::cli::{ExecArgs, Failure, Global, EXIT_SHIM_FAILED};
+use crate::connect;
+use crate::term::{self, RawMode, WinSize};
+
+/// The pty size asked for when no local terminal reports one.
+const DEFAULT_WINSIZE: WinSize = WinSize { rows: 24, cols: 80 };
+/// How long to wait for the guest to acknowledge the end of the session.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Whether local stdin is forwarded: always with `-i` or `-t`, otherwise only when stdin is not
+/// a terminal (a pipe or file is meant as input; a terminal without `-i` is not).
+pub fn forwards_stdin(args: &ExecArgs, stdin_is_tty: bool) -> bool {
+    args.interactive || args.tty || !stdin_is_tty
+}
+
+/// Builds the request for `args`; `winsize` is the local terminal's size, if any.
+pub fn request(args: &ExecArgs, stdin: bool, winsize: Option<WinSize>) -> ExecRequest {
+    let size = winsize.unwrap_or(DEFAULT_WINSIZE);
+    ExecRequest {
+        argv: args.argv.clone(),
+        env: args.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        cwd: args.cwd.clone(),
+        uid: args.uid,
+        gid: args.gid,
+        pty: args.tty.then_some(PtySize {
+            rows: size.rows,
+            cols: size.cols,
+        }),
+        stdin,
+    }
+}
+
+/// The exit status the shim leaves with: the remote code (as the low 8 bits a shell sees), or
+/// 128 + N for death by signal N.
+pub fn exit_code(status: ExitStatus) -> u8 {
+    match status {
+        ExitStatus::Code(c) => (c & 0xff) as u8,
+        ExitStatus::Signal(n) => crate::signals::shell_status(n),
+    }
+}
+
+/// Runs the command; returns the exit status to leave with.
+pub fn run(global: &Global, args: &ExecArgs, signals: Receiver<Signal>) -> Result<u8, Failure> {
+    let fail = |f: Failure| f.with_status(EXIT_SHIM_FAILED);
+    let stdin_is_tty = io::stdin().is_terminal();
+    let stdin = forwards_stdin(args, stdin_is_tty);
+    let req = request(args, stdin, term::local_window_size());
+    let conn = connect::connect(global).map_err(fail)?;
+    let mut process = service::exec(&conn.session, &req).map_err(|e| fail(Failure::new(e)))?;
+    let raw = if args.tty && stdin_is_tty {
+        Some(RawMode::enable().map_err(|e| {
+            fail(Failure::new(format!(
+                "cannot put the terminal in raw mode: {e}"
+            )))
+        })?)
+    } else {
+        None
+    };
+
+    if let Some(remote_stdin) = process.take_stdin() {
+        if stdin {
+            spawn("stdin", move || pump_stdin(remote_stdin));
+        }
+    }
+    let out = process
+        .take_stdout()
+        .and_then(|s| spawn("stdout", move || copy_out(s, io::stdout())));
+    let err = process
+        .take_stderr()
+        .and_then(|s| spawn("stderr", move || copy_out(s, io::stderr())));
+    let control = process.controller();
+    let tty = args.tty;
+    spawn("signals", move || {
+        for signal in signals {
+            let result = match signal {
+                Signal::SIGWINCH if tty => match term::local_window_size() {
+                    Some(size) => control.resize(size.rows, size.cols),
+                    None => Ok(()),
+                },
+                Signal::SIGWINCH => Ok(()),
+                other => control.signal(other as i32),
+            };
+            if let Err(e) = result {
+                log::debug!("passing {signal} on: {e}");
+            }
+        }
+    });
+
+    let status = process.wait();
+    // All output is in once both copies saw EOF.
+    for handle in [out, err].into_iter().flatten() {
+        let _ = handle.join();
+    }
+    drop(raw);
+    conn.close(CLOSE_GRACE);
+    match status {
+        Ok(status) => Ok(exit_code(status)),
+        Err(e) => Err(fail(Failure::new(e))),
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Option<JoinHandle<()>> {
+    match std::thread::Builder::new().name(name.into()).spawn(f) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            log::error!("cannot start the {name} thread: {e}");
+            None
+        }
+    }
+}
+
+/// Local stdin to the remote program until EOF, then a half-close.
+fn pump_stdin(stream: Stream) {
+    let mut stdin = io::stdin().lock();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match stdin.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::warn!("reading stdin: {e}");
+                break;
+            }
+        };
+        if let Err(e) = (&stream).write_all(&buf[..n]) {
+            log::debug!("remote stdin: {e}");
+            return;
+        }
+    }
+    if let Err(e) = stream.shutdown_write() {
+        log::debug!("closing remote stdin: {e}");
+    }
+}
+
+/// A remote output stream to a local one, flushing every chunk (prompts have no newline).
+fn copy_out(stream: Stream, mut to: impl Write) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match (&stream).read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::debug!("remote output: {e}");
+                return;
+            }
+        };
+        if let Err(e) = to.write_all(&buf[..n]).and_then(|()| to.flush()) {
+            // Our reader went away (`| head`): stop reading; the stream drains on drop.
+            log::debug!("local output: {e}");
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(tty: bool, interactive: bool) -> ExecArgs {
+        ExecArgs {
+            tty,
+            interactive,
+            argv: vec!["sh".into()],
+            ..ExecArgs::default()
+        }
+    }
+
+    #[test]
+    fn stdin_is_forwarded_from_pipes_and_with_i_or_t_only() {
+        assert!(forwards_stdin(&args(false, false), false));
+        assert!(!forwards_stdin(&args(false, false), true));
+        assert!(forwards_stdin(&args(false, true), true));
+        assert!(forwards_stdin(&args(true, false), true));
+    }
+
+    #[test]
+    fn pty_is_requested_only_with_t_and_sized_like_the_terminal() {
+        let size = WinSize {
+            rows: 50,
+            cols: 132,
+        };
+        let pty = |rows, cols| Some(PtySize { rows, cols });
+        assert_eq!(request(&args(false, false), true, Some(size)).pty, None);
+        assert_eq!(
+            request(&args(true, false), true, Some(size)).pty,
+            pty(50, 132)
+        );
+        assert_eq!(request(&args(true, false), true, None).pty, pty(24, 80));
+    }
+
+    #[test]
+    fn env_pairs_become_key_value_entries() {
+        let mut a = args(false, false);
+        a.env = vec![("A".into(), "1".into()), ("B".into(), "x=y".into())];
+        assert_eq!(request(&a, false, None).env, ["A=1", "B=x=y"]);
+    }
+
+    #[test]
+    fn exit_status_maps_to_shell_codes() {
+        assert_eq!(exit_code(ExitStatus::Code(0)), 0);
+        assert_eq!(exit_code(ExitStatus::Code(7)), 7);
+        assert_eq!(exit_code(ExitStatus::Code(256 + 3)), 3);
+        assert_eq!(exit_code(ExitStatus::Code(-1)), 255);
+        assert_eq!(exit_code(ExitStatus::Signal(15)), 143);
+        assert_eq!(exit_code(ExitStatus::Signal(9)), 137);
+    }
+}
