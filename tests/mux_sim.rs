@@ -292,7 +292,7 @@ impl Sim {
 
 fn small_window(role: Role, nonce: u64) -> Config {
     let mut c = Config::new(role, nonce);
-        c.stream_window = 32 << 10;
+    c.stream_window = 32 << 10;
     c.min_window = 4 << 10;
     c.max_buffered = 256 << 10;
     c.chunk = 8 << 10;
@@ -338,9 +338,17 @@ fn run_seed(seed: u64) {
         // Memory stays bounded by the credit budget at every step.
         for p in [&sim.a, &sim.b] {
             let buf = p.mux.buffered();
-                        let bound = (256 << 10) + p.mux.stream_count() * (4 << 10);
-            assert!(buf.budget <= 256 << 10, "seed {seed}: budget {} over max_buffered", buf.budget);
-            assert!(buf.granted <= bound, "seed {seed}: granted {} over {bound}", buf.granted);
+            let bound = (256 << 10) + p.mux.stream_count() * (4 << 10);
+            assert!(
+                buf.budget <= 256 << 10,
+                "seed {seed}: budget {} over max_buffered",
+                buf.budget
+            );
+            assert!(
+                buf.granted <= bound,
+                "seed {seed}: granted {} over {bound}",
+                buf.granted
+            );
             assert!(buf.rx <= bound, "seed {seed}: rx {} over {bound}", buf.rx);
         }
     }

@@ -735,3 +735,43 @@ fn shutdown_acts_once_the_host_closed() {
         SHUTDOWNS.lock().unwrap().contains(&true)
     });
 }
+
+#[test]
+fn stdin_attached_after_a_quick_exit_is_accepted_and_discarded() {
+    // A host that opens the outputs first and stdin last (the order is not ours to choose)
+    // must not be refused because the program was faster.
+    let (_r, session) = connect();
+    let mut req = sh("exit 4");
+    req.stdin = true;
+    let (mut control, reply) = session
+        .open_with_reply("exec", &req.encode())
+        .expect("exec");
+    let reply = service::ExecReply::decode(&reply).expect("reply");
+    for fd in [1u8, 2] {
+        let io = service::ExecIo {
+            exec_id: reply.exec_id,
+            fd,
+        };
+        let mut out = session.open("exec.io", &io.encode()).expect("output");
+        out.shutdown_write().unwrap();
+        let mut sink = Vec::new();
+        out.read_to_end(&mut sink).unwrap();
+        assert!(sink.is_empty());
+    }
+    // The Exit message arrives: the program is over before stdin was asked for.
+    let mut buf = Vec::new();
+    control.read_to_end(&mut buf).unwrap();
+    assert!(!buf.is_empty(), "an Exit message");
+    let io = service::ExecIo {
+        exec_id: reply.exec_id,
+        fd: 0,
+    };
+    let mut stdin = session
+        .open("exec.io", &io.encode())
+        .expect("late stdin is accepted");
+    stdin.write_all(b"nobody reads this").unwrap();
+    stdin.shutdown_write().unwrap();
+    let mut rest = Vec::new();
+    stdin.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+}

@@ -246,10 +246,6 @@ over_both_links! {
     ping_prints_rtt_statistics => ping_stats;
 }
 
-// The programs below read stdin to its end before exiting: a program that exits before the
-// shim has opened its stdin stream hits an agent-side race (see
-// `fast_exit_with_stdin_reports_the_exit_code`), which these tests are not about.
-
 fn exec_streams_and_code(g: &Guest) {
     let mut cmd = g.shim();
     cmd.args([
@@ -426,9 +422,9 @@ fn ping_stats(g: &Guest) {
     assert!(line.contains("median") && line.contains("p99"), "{line}");
 }
 
+/// A program that exits before its stdin was attached still reports its code (the client
+/// attaches stdin before the outputs, which keep the exec alive on the agent).
 #[test]
-#[ignore = "agent race: exec.io for stdin is refused when the program already exited and both \
-            outputs drained ('no running exec N on this session'); run with --ignored"]
 fn fast_exit_with_stdin_reports_the_exit_code() {
     let Some(g) = Guest::start(LinkKind::Unix) else {
         return;

@@ -362,6 +362,10 @@ impl RemoteProcess {
             decoder.push(&buf[..n])?;
             while let Some(msg) = decoder.next_msg()? {
                 if let ControlMsg::Exit(status) = msg {
+                    // Nothing more to say to a process that ended: close our half now, so the
+                    // stream (and a graceful session close) completes even while a signal
+                    // forwarder still holds a controller.
+                    let _ = self.controller.control.shutdown_write();
                     return Ok(status);
                 }
             }
@@ -398,14 +402,16 @@ pub fn exec(session: &Session, request: &ExecRequest) -> Result<RemoteProcess, S
         write_lock: Arc::new(Mutex::new(())),
     };
     let opened = (|| {
+        // stdin first: the agent keeps an exec while its output streams are still to come, so
+        // a program that exits at once cannot take the exec away before stdin is attached.
+        let stdin = match request.stdin {
+            true => Some(open_io(session, reply.exec_id, 0)?),
+            false => None,
+        };
         let stdout = open_io(session, reply.exec_id, 1)?;
         let stderr = match request.pty {
             Some(_) => None,
             None => Some(open_io(session, reply.exec_id, 2)?),
-        };
-        let stdin = match request.stdin {
-            true => Some(open_io(session, reply.exec_id, 0)?),
-            false => None,
         };
         Ok::<_, ServiceError>((stdin, stdout, stderr))
     })();

@@ -70,7 +70,13 @@ impl Exec {
 #[derive(Default)]
 pub(super) struct Execs {
     by_id: HashMap<u64, Exec>,
+    /// Recently finished processes (session, id) whose stdin may still be asked for: a host
+    /// may attach stdin after a quick program already ended. Bounded.
+    finished: std::collections::VecDeque<(SessionId, u64)>,
 }
+
+/// How many finished processes are remembered for late stdin requests.
+const FINISHED_REMEMBERED: usize = 256;
 
 impl Execs {
     /// Whether some process has not been reaped yet.
@@ -132,8 +138,17 @@ impl Execs {
             Ok(io) => io,
             Err(e) => return reject_args(incoming, &e),
         };
+        let late_stdin = io.fd == 0 && self.finished.contains(&(incoming.session_id(), io.exec_id));
         let exec = match self.by_id.get_mut(&io.exec_id) {
             Some(e) if e.session == incoming.session_id() && e.control.is_some() => e,
+            _ if late_stdin => {
+                // The program ended before its stdin was attached: accept and discard, as a
+                // pipe to an exited reader would.
+                if let Err(e) = incoming.accept_pump(b"", vmux::session::PumpSpec::default()) {
+                    log::debug!("exec.io {}: {e}", io.exec_id);
+                }
+                return;
+            }
             _ => {
                 let message = format!("exec.io: no running exec {} on this session", io.exec_id);
                 return reject(incoming, ErrorCode::REFUSED, &message);
@@ -249,7 +264,14 @@ impl Execs {
                 if control.send(msg.encode()).is_ok() {
                     let _ = control.close();
                 }
-                self.by_id.remove(&id);
+                if let Some(exec) = self.by_id.remove(&id) {
+                    if exec.stdin_requested && self.finished.len() >= FINISHED_REMEMBERED {
+                        self.finished.pop_front();
+                    }
+                    if exec.stdin_requested {
+                        self.finished.push_back((exec.session, id));
+                    }
+                }
             }
             Some(_) => {}
             None => {
