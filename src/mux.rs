@@ -1148,7 +1148,17 @@ impl Mux {
                 for id in ids {
                     self.fail_stream(id, ErrorCode::LINK_LOST, "the peer restarted");
                 }
+                // A new peer starts a new session: whatever shutdown, probes and control frames
+                // were under way belonged to the old one.
                 self.peer_highest_id = 0;
+                self.phase = Phase::Established;
+                self.drain = Drain::default();
+                self.control.clear();
+                self.ring.clear();
+                self.starved.clear();
+                self.live.probe = None;
+                self.live.pong_owed = None;
+                self.live.user_pings.clear();
                 true
             }
             None => false,
@@ -2417,5 +2427,30 @@ mod tests {
         p.a.reset(first, ErrorCode::CANCEL, "").unwrap();
         p.run();
         assert_eq!(p.a.send_capacity(second), 20 << 10);
+    }
+
+    #[test]
+    fn a_restarted_peer_gets_a_fresh_session_even_while_draining() {
+        // A serial line: the old host said GOAWAY and vanished before DRAINED; a new host
+        // (new nonce) must find an established session, not the old shutdown.
+        let now = Instant::from_millis(5);
+        let mut c = Mux::new(Config::new(Role::Server, 30), now);
+        let mut old = Mux::new(Config::new(Role::Client, 31), now);
+        let hello = old.poll_transmit().to_vec();
+        c.handle_input(now, &hello);
+        c.goaway(ErrorCode::NORMAL, "");
+        assert_eq!(c.phase(), Phase::Draining);
+        let mut fresh = Mux::new(Config::new(Role::Client, 32), now);
+        let hello = fresh.poll_transmit().to_vec();
+        c.handle_input(now, &hello);
+        assert_eq!(c.phase(), Phase::Established);
+        let answer = c.poll_transmit().to_vec();
+        fresh.handle_input(now, &answer);
+        let ev = events(&mut fresh);
+        assert!(
+            ev.iter().all(|e| !matches!(e, Event::GoAway { .. })),
+            "{ev:?}"
+        );
+        assert!(fresh.open("svc", b"").is_ok());
     }
 }

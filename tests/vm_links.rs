@@ -323,6 +323,9 @@ fn every_link_serves_the_real_shim_and_shutdown_powers_off() {
         vm.vsock_uds().unwrap().display()
     );
     let isa = format!("unix://{}", vm.isa_serial_socket().unwrap().display());
+    assets
+        .install_guest_tools(&hvsock)
+        .expect("copy busybox into the guest");
 
     full_link_checks(&assets, &vm, &virtio, "virtio-serial");
     reconnect_checks(&assets, &virtio);

@@ -43,7 +43,8 @@ fn guest_kernel_boots_runs_init_and_stops() {
 #[test]
 fn manifest_lists_paths_and_modules_in_load_order() {
     let text = "# comment\nkernel=/k\ninitrd=/i\nkernel_version=6.1.0-1-cloud-amd64\n\
-                vhost_device_vsock=/v\nmodules=virtio_ring,virtio\nqemu=/q\nagent=/a\nshim=/s\ninit=/a\n";
+                vhost_device_vsock=/v\nmodules=virtio_ring,virtio\nqemu=/q\nagent=/a\nshim=/s\ninit=/a\n\
+                busybox=/b\n";
     let assets = VmAssets::parse(text).unwrap();
     assert_eq!(assets.modules, ["virtio_ring", "virtio"]);
     assert_eq!(assets.modules_arg(), "vmux.modules=virtio_ring,virtio");

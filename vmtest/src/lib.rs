@@ -52,6 +52,8 @@ pub struct VmAssets {
     pub shim: PathBuf,
     /// What the initrd carries as `/init`.
     pub init: PathBuf,
+    /// A static busybox on the host, for [`VmAssets::install_guest_tools`].
+    pub busybox: PathBuf,
 }
 
 impl VmAssets {
@@ -118,7 +120,46 @@ impl VmAssets {
             agent: path("agent")?,
             shim: path("shim")?,
             init: path("init")?,
+            busybox: path("busybox")?,
         })
+    }
+
+    /// Gives the guest a shell and the usual tools: the initrd carries none, so this copies the
+    /// host's static busybox to `/usr/bin/busybox` with `vmux-shim cp` and installs its applet
+    /// links there (`/usr/bin` is on the agent's `PATH`). Returns what was run, for logs.
+    pub fn install_guest_tools(&self, addr: &str) -> Result<String, String> {
+        let run = |args: &[&str]| -> Result<String, String> {
+            let out = Command::new(&self.shim)
+                .arg("-c")
+                .arg(addr)
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("running {}: {e}", self.shim.display()))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "`vmux-shim -c {addr} {}` failed ({}): {}",
+                    args.join(" "),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            Ok(format!("vmux-shim -c {addr} {}", args.join(" ")))
+        };
+        let busybox = self
+            .busybox
+            .to_str()
+            .ok_or("the busybox path is not UTF-8")?;
+        let copy = run(&["cp", busybox, ":/usr/bin/busybox"])?;
+        let install = run(&[
+            "exec",
+            "--",
+            "/usr/bin/busybox",
+            "--install",
+            "-s",
+            "/usr/bin",
+        ])?;
+        Ok(format!("{copy}\n{install}"))
     }
 
     /// The kernel argument `vmux.modules=a,b,...` listing every module in load order.

@@ -24,7 +24,10 @@ use std::process::Command;
 use std::time::Instant;
 
 /// Debian packages the host needs, with a file each one installs (for the message only).
-const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "kmod", "socat"];
+const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "kmod", "socat", "busybox-static"];
+/// The static busybox that `busybox-static` installs: the initrd has no tools of its own, so
+/// the demo and the VM tests copy it into the guest with `vmux-shim cp` when they need a shell.
+const BUSYBOX: &str = "/bin/busybox";
 /// The meta package whose dependency names the current cloud kernel.
 const KERNEL_META: &str = "linux-image-cloud-amd64";
 /// Kernel modules the guest needs, in load order.
@@ -65,6 +68,7 @@ pub struct Assets {
     agent: PathBuf,
     shim: PathBuf,
     init: PathBuf,
+    busybox: PathBuf,
 }
 
 /// A located and unpacked kernel.
@@ -99,6 +103,8 @@ pub fn vm_assets(root: &Path, opts: &Options) -> Result<Assets> {
         }
         None => agent.clone(),
     };
+    let busybox = PathBuf::from(BUSYBOX);
+    check_static(&busybox).context(|| format!("{BUSYBOX} (from busybox-static)"))?;
     let initrd = dir.join("initrd.cpio");
     write_initrd(&initrd, &init, &shim, &kernel)?;
 
@@ -111,6 +117,7 @@ pub fn vm_assets(root: &Path, opts: &Options) -> Result<Assets> {
         agent,
         shim,
         init,
+        busybox,
     };
     write_manifest(&dir.join("manifest"), &assets)?;
     println!(
@@ -515,6 +522,7 @@ fn manifest_text(a: &Assets) -> String {
     text += &line("agent", &a.agent);
     text += &line("shim", &a.shim);
     text += &line("init", &a.init);
+    text += &line("busybox", &a.busybox);
     text
 }
 
@@ -564,6 +572,7 @@ mod tests {
             agent: p("/a"),
             shim: p("/s"),
             init: p("/a"),
+            busybox: p("/b"),
         };
         let text = manifest_text(&assets);
         assert!(text.contains("\nkernel=/k\n"));

@@ -19,7 +19,7 @@ pub fn demo(root: &Path) -> Result<()> {
     let started = Instant::now();
     println!("vmux demo: one tiny VM, three links, one protocol\n");
     println!(
-        "[1/4] preparing the VM: Debian's cloud kernel, and an initrd whose /init is vmux-agent"
+        "[1/5] preparing the VM: Debian's cloud kernel, and an initrd whose /init is vmux-agent"
     );
     assets::vm_assets(root, &assets::Options::default())?;
     let assets = VmAssets::load()?.ok_or("the VM assets are missing after vm-assets ran")?;
@@ -29,7 +29,7 @@ pub fn demo(root: &Path) -> Result<()> {
         file_kib(&assets.initrd)
     );
 
-    println!("[2/4] booting QEMU (software emulation, no KVM) with a vsock device, a virtio-serial port and a second UART");
+    println!("[2/5] booting QEMU (software emulation, no KVM) with a vsock device, a virtio-serial port and a second UART");
     let boot_started = Instant::now();
     let mut vm = VmBuilder::new(&assets)
         .vsock()
@@ -69,7 +69,14 @@ pub fn demo(root: &Path) -> Result<()> {
         ),
         ("ISA serial", format!("unix://{}", isa.display()), "a plain 16550 UART (/dev/ttyS1 in the guest): the fallback when nothing else exists"),
     ];
-    println!("[3/4] the same commands over each link");
+    println!(
+        "[3/5] the initrd has no shell and no tools: copy a static busybox in with `vmux-shim cp`"
+    );
+    let tools = assets.install_guest_tools(&links[0].1)?;
+    for line in tools.lines() {
+        println!("  $ {line}");
+    }
+    println!("\n[4/5] the same commands over each link");
     let mut failures = Vec::new();
     for (name, addr, what) in &links {
         println!("\n  == {name}: {what}");
@@ -79,7 +86,7 @@ pub fn demo(root: &Path) -> Result<()> {
             }
         }
     }
-    println!("\n[4/4] powering the VM off through the agent");
+    println!("\n[5/5] powering the VM off through the agent");
     shim(&assets, &links[0].1, &["shutdown"])?;
     let status = vm
         .wait_exit(Duration::from_secs(30))
