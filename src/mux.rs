@@ -959,6 +959,13 @@ impl Mux {
         }
     }
 
+    /// Whether the peer has half-closed `id` (its CLOSE arrived).
+    pub fn is_peer_closed(&self, id: StreamId) -> bool {
+        self.streams
+            .get(&id)
+            .is_some_and(|s| s.read == ReadHalf::Closed)
+    }
+
     /// Whether `id` has received bytes waiting in [`Mux::recv`].
     pub fn has_rx(&self, id: StreamId) -> bool {
         self.streams.get(&id).is_some_and(|s| s.rx_len > 0)

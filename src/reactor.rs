@@ -1268,22 +1268,25 @@ impl Core {
                             );
                             return vec![source.0, target.0];
                         }
+                        // A CLOSE may have come with the answer, before this splice existed.
+                        let peer_closed = s.mux.is_peer_closed(source.1);
                         s.endpoints.insert(
                             source.1,
                             Endpoint::Splice {
                                 peer: target,
                                 stash: None,
-                                peer_closed: false,
+                                peer_closed,
                                 close_passed: false,
                             },
                         );
                         if let Some(t) = self.sessions.get_mut(&target.0) {
+                            let peer_closed = t.mux.is_peer_closed(target.1);
                             t.endpoints.insert(
                                 target.1,
                                 Endpoint::Splice {
                                     peer: source,
                                     stash: None,
-                                    peer_closed: false,
+                                    peer_closed,
                                     close_passed: false,
                                 },
                             );

@@ -12,6 +12,16 @@ use vmux::wire::{ErrorCode, Role};
 fn spawn_guest(session: Session) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         while let Ok(incoming) = session.accept() {
+            if incoming.service == "closer" {
+                // OPEN_OK and CLOSE leave in one write: the router sees the CLOSE before its
+                // splice exists.
+                if let Ok(stream) = incoming.accept(b"") {
+                    let _ = stream.shutdown_write();
+                    let mut sink = Vec::new();
+                    let _ = (&stream).read_to_end(&mut sink);
+                }
+                continue;
+            }
             if incoming.service != "echo" {
                 let msg = format!("no service named {}", incoming.service);
                 let _ = incoming.reject(ErrorCode::UNKNOWN_SERVICE, &msg);
@@ -133,6 +143,19 @@ fn a_refusal_from_the_target_reaches_the_client_unchanged() {
     let mut back = Vec::new();
     ok.read_to_end(&mut back).unwrap();
     assert_eq!(back, b"x");
+}
+
+#[test]
+fn a_close_that_arrives_with_the_answer_is_passed_on() {
+    let chain = chain();
+    for _ in 0..20 {
+        let mut stream = chain.client.open("closer", b"").expect("open");
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).expect("EOF, not a hang");
+        assert!(rest.is_empty());
+        stream.shutdown_write().unwrap();
+    }
 }
 
 #[test]

@@ -16,6 +16,16 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// A child process killed (by PID) and reaped when the test lets go of it, even on a panic.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Serialises the VM tests of this file.
 static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -74,7 +84,11 @@ fn wait_output(mut child: Child, limit: Duration, what: &str) -> Output {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("`vmux-shim {what}` ran past {limit:?}");
+            let out = String::from_utf8_lossy(&out_reader.join().unwrap()).into_owned();
+            let err = String::from_utf8_lossy(&err_reader.join().unwrap()).into_owned();
+            panic!(
+                "`vmux-shim {what}` ran past {limit:?}\nstdout so far: {out}\nstderr so far: {err}"
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -214,15 +228,19 @@ fn full_link_checks(assets: &VmAssets, vm: &Vm, addr: &str, expect_link: &str) {
     // 16 concurrent execs through one `serve`.
     let sock = scratch(vm, "serve.sock");
     let serve_addr = format!("unix://{}", sock.display());
-    let mut serve = Command::new(&assets.shim)
+    let serve_log = scratch(vm, "serve.log");
+    let serve = Command::new(&assets.shim)
         .args(["-c", addr, "serve", "--listen", &serve_addr])
+        .env("VMUX_LOG", "debug")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(&serve_log).expect("serve log"))
         .spawn()
         .expect("start serve");
+    let mut serve = KillOnDrop(serve);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !sock.exists() {
+        assert!(serve.0.try_wait().unwrap().is_none(), "serve exited early");
         assert!(
             Instant::now() < deadline,
             "serve never created {}",
@@ -248,12 +266,16 @@ fn full_link_checks(assets: &VmAssets, vm: &Vm, addr: &str, expect_link: &str) {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
+    let serve_text = std::fs::read_to_string(&serve_log).unwrap_or_default();
     for (i, out) in outputs.iter().enumerate() {
         let want: String = (0..i).map(|_| format!("client-{i}\n")).collect();
-        assert_eq!(ok(out, "exec through serve"), want, "client {i}");
+        assert_eq!(
+            ok(out, "exec through serve"),
+            want,
+            "client {i}; serve log:\n{serve_text}"
+        );
     }
-    let _ = serve.kill();
-    let _ = serve.wait();
+    drop(serve);
     eprintln!(
         "{addr}: info, exec, cp 16 MiB both ways, 16 execs through serve: {:.1} s",
         t.elapsed().as_secs_f64()
@@ -263,7 +285,7 @@ fn full_link_checks(assets: &VmAssets, vm: &Vm, addr: &str, expect_link: &str) {
 /// The host disconnects in the middle of a command and comes back: the agent keeps serving and
 /// burns no CPU while nobody is connected.
 fn reconnect_checks(assets: &VmAssets, addr: &str) {
-    let mut busy = Command::new(&assets.shim)
+    let busy = Command::new(&assets.shim)
         .args(["-c", addr, "exec", "--", "sleep", "30"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -271,8 +293,7 @@ fn reconnect_checks(assets: &VmAssets, addr: &str) {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    busy.kill().unwrap(); // the host side vanishes mid-session
-    let _ = busy.wait();
+    drop(KillOnDrop(busy)); // the host side vanishes mid-session
     let before = agent_cpu_seconds(&ok(
         &shim(assets, &["-c", addr, "info"], None, Duration::from_secs(60)),
         "info",

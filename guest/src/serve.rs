@@ -3,8 +3,10 @@
 //! thread turns the SIGCHLD signalfd into "look for exited children" events.
 //!
 //! `auto` (the PID-1 default) picks, in order: vsock `vsock://any:1024` when `/dev/vsock`
-//! exists; the virtio-serial port named `org.vmux.agent.0` when it exists; else the second
-//! UART `tty:///dev/ttyS1`. The choice is logged.
+//! exists *and* a virtio vsock device is bound to its driver (with only `vsock_loopback`
+//! loaded, `/dev/vsock` exists but nothing outside the guest can connect); the virtio-serial
+//! port named `org.vmux.agent.0` when it exists; else the second UART `tty:///dev/ttyS1`.
+//! The choice is logged.
 
 use crate::pid1::power::{self, PowerAction};
 use crate::reaper::ChildSignals;
@@ -51,7 +53,7 @@ impl std::error::Error for ServeError {}
 
 /// Resolves `auto` by looking at the machine (device files under `dev`, ports under `sysfs`).
 pub fn resolve_auto(paths: &PortPaths) -> Address {
-    if paths.dev.join("vsock").exists() {
+    if paths.dev.join("vsock").exists() && has_vsock_device(paths) {
         return Address::Vsock {
             cid: VsockCid::Any,
             port: DEFAULT_VSOCK_PORT,
@@ -66,6 +68,20 @@ pub fn resolve_auto(paths: &PortPaths) -> Address {
     tty.parse().unwrap_or(Address::Unix {
         path: DEFAULT_TTY.into(),
     })
+}
+
+/// The sysfs folder of the virtio vsock transport driver, whose `virtioN` entries are devices.
+const VSOCK_DRIVER: &str = "bus/virtio/drivers/vmw_vsock_virtio_transport";
+
+/// Whether a virtio vsock device (a path to the host) is bound to its driver.
+fn has_vsock_device(paths: &PortPaths) -> bool {
+    std::fs::read_dir(paths.sysfs.join(VSOCK_DRIVER))
+        .map(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("virtio"))
+        })
+        .unwrap_or(false)
 }
 
 /// This boot's id from `/proc/sys/kernel/random/boot_id` as 16 bytes (zeros if unreadable).
@@ -247,7 +263,7 @@ mod tests {
     }
 
     #[test]
-    fn auto_prefers_vsock_then_virtio_serial_then_ttys1() {
+    fn auto_prefers_a_vsock_device_then_virtio_serial_then_ttys1() {
         let dir = std::env::temp_dir().join(format!("vmux-auto-{}", std::process::id()));
         let paths = PortPaths {
             sysfs: dir.join("sys"),
@@ -262,7 +278,14 @@ mod tests {
             resolve_auto(&paths).to_string(),
             "virtio-serial://org.vmux.agent.0"
         );
+        // /dev/vsock alone (vsock_loopback) is not a way to the host.
         std::fs::write(paths.dev.join("vsock"), "").unwrap();
+        assert_eq!(
+            resolve_auto(&paths).to_string(),
+            "virtio-serial://org.vmux.agent.0"
+        );
+        let device = paths.sysfs.join(VSOCK_DRIVER).join("virtio2");
+        std::fs::create_dir_all(&device).unwrap();
         assert_eq!(resolve_auto(&paths).to_string(), "vsock://any:1024");
         let _ = std::fs::remove_dir_all(&dir);
     }

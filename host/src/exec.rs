@@ -99,6 +99,12 @@ pub fn run(global: &Global, args: &ExecArgs, signals: Receiver<Signal>) -> Resul
             };
             if let Err(e) = result {
                 log::debug!("passing {signal} on: {e}");
+                // The remote process is gone (or unreachable): a terminating signal then ends
+                // the shim itself, as it would any local program.
+                if matches!(signal, Signal::SIGINT | Signal::SIGTERM | Signal::SIGHUP) {
+                    term::restore();
+                    std::process::exit(128 + signal as i32);
+                }
             }
         }
     });
