@@ -14,8 +14,10 @@
 //!   watches the port's successive sessions, and publishes the state in [`GuestLink`];
 //! - the **signal** waiter turns SIGINT/SIGTERM/SIGHUP into a clean exit (the socket file goes).
 //!
-//! While the guest link is down, client streams are refused with `LINK_LOST` and the message
-//! "guest link down, redialing (attempt N)"; a client's disconnect only ends its own session.
+//! While the guest link is down, a client stream waits (up to `--timeout`) for the link to come
+//! up, then is forwarded; if it does not come up in time the stream is refused with `LINK_LOST`
+//! and the message "guest link down, redialing (attempt N)". A client's disconnect only ends
+//! its own session.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -47,22 +49,39 @@ pub enum GuestLink {
     },
 }
 
-/// The guest link state shared between the supervisor and the router.
+/// The guest link state shared between the supervisor and the router, with a channel that
+/// signals every change (so the router can forward streams held while the link was down).
 #[derive(Debug, Clone)]
-pub struct SharedGuest(Arc<Mutex<GuestLink>>);
+pub struct SharedGuest {
+    state: Arc<Mutex<GuestLink>>,
+    changed_tx: Sender<()>,
+    changed_rx: Receiver<()>,
+}
 
 impl SharedGuest {
     /// A link that is down before its first attempt.
     pub fn new() -> SharedGuest {
-        SharedGuest(Arc::new(Mutex::new(GuestLink::Down { attempt: 0 })))
+        let (changed_tx, changed_rx) = crossbeam_channel::bounded(1);
+        SharedGuest {
+            state: Arc::new(Mutex::new(GuestLink::Down { attempt: 0 })),
+            changed_tx,
+            changed_rx,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, GuestLink> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn set(&self, state: GuestLink) {
         *self.lock() = state;
+        // One pending notice is enough: the router reads the state itself.
+        let _ = self.changed_tx.try_send(());
+    }
+
+    /// Ready whenever the state changed since the last receive.
+    pub fn changed(&self) -> &Receiver<()> {
+        &self.changed_rx
     }
 
     /// The current state.
@@ -101,6 +120,22 @@ pub fn route(incoming: Incoming, guest: &GuestLink) {
     }
 }
 
+/// Forwards every held stream once the link is up; refuses those whose wait ran out.
+fn release_held(
+    held: &mut std::collections::VecDeque<(std::time::Instant, Incoming)>,
+    guest: &GuestLink,
+) {
+    let now = std::time::Instant::now();
+    while let Some((deadline, _)) = held.front() {
+        if !matches!(guest, GuestLink::Up(_)) && *deadline > now {
+            break;
+        }
+        if let Some((_, incoming)) = held.pop_front() {
+            route(incoming, guest);
+        }
+    }
+}
+
 /// Runs `serve` until a signal ends it.
 pub fn run(global: &Global, listen: &Address, signals: Receiver<Signal>) -> Result<(), Failure> {
     let addr = connect::address(global)?.clone();
@@ -129,25 +164,47 @@ pub fn run(global: &Global, listen: &Address, signals: Receiver<Signal>) -> Resu
         .spawn(move || supervisor.run())
         .map_err(|e| Failure::new(format!("cannot start the guest link thread: {e}")))?;
     log::info!("serving {listen}");
-    let signal = router(&sessions_rx, &signals, &guest);
+    let signal = router(&sessions_rx, &signals, &guest, global.timeout);
     log::info!("{signal}: stopping");
     // Dropping the reactor ends every session and removes the listening socket's file.
     reactor.shutdown();
     Ok(())
 }
 
-/// Routes client streams until a signal arrives (returned).
-fn router(sessions: &Receiver<Session>, signals: &Receiver<Signal>, guest: &SharedGuest) -> Signal {
+/// Routes client streams until a signal arrives (returned). Streams that arrive while the guest
+/// link is down are held for up to `grace`.
+fn router(
+    sessions: &Receiver<Session>,
+    signals: &Receiver<Signal>,
+    guest: &SharedGuest,
+    grace: Duration,
+) -> Signal {
     let mut clients: Vec<Session> = Vec::new();
+    let mut held: std::collections::VecDeque<(std::time::Instant, Incoming)> = Default::default();
     loop {
+        release_held(&mut held, &guest.get());
         let mut sel = Select::new();
         let sig_index = sel.recv(signals);
         let sess_index = sel.recv(sessions);
+        let changed_index = sel.recv(guest.changed());
         for client in &clients {
             sel.recv(client.incoming());
         }
-        let op = sel.select();
+        let op = match held.front() {
+            Some((deadline, _)) => {
+                let wait = deadline.saturating_duration_since(std::time::Instant::now());
+                match sel.select_timeout(wait) {
+                    Ok(op) => op,
+                    Err(_) => continue,
+                }
+            }
+            None => sel.select(),
+        };
         let index = op.index();
+        if index == changed_index {
+            let _ = op.recv(guest.changed());
+            continue;
+        }
         if index == sig_index {
             match op.recv(signals) {
                 Ok(Signal::SIGWINCH) => continue,
@@ -163,9 +220,14 @@ fn router(sessions: &Receiver<Session>, signals: &Receiver<Signal>, guest: &Shar
                 Err(_) => return Signal::SIGTERM,
             }
         } else {
-            let i = index - 2;
+            let i = index - 3;
             match op.recv(clients[i].incoming()) {
-                Ok(incoming) => route(incoming, &guest.get()),
+                Ok(incoming) => match guest.get() {
+                    GuestLink::Down { .. } if !grace.is_zero() => {
+                        held.push_back((std::time::Instant::now() + grace, incoming));
+                    }
+                    state => route(incoming, &state),
+                },
                 Err(_) => {
                     let gone = clients.swap_remove(i);
                     log::debug!(
