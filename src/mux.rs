@@ -692,10 +692,15 @@ impl Mux {
         match self.phase {
             Phase::Terminated => {}
             Phase::AwaitingHello => {
-                let nothing_waiting = self.out_pos == self.out.len() && self.control.is_empty();
-                if now >= self.live.hello_sent + self.config.hello_retry && nothing_waiting {
+                if now >= self.live.hello_sent + self.config.hello_retry {
+                    // The deadline moves on either way: a port with no peer keeps its first
+                    // HELLO unsent, and a deadline left in the past would wake the loop at once,
+                    // forever.
                     self.live.hello_sent = now;
-                    self.control.push_back(Control::Hello { reply: false });
+                    let nothing_waiting = self.out_pos == self.out.len() && self.control.is_empty();
+                    if nothing_waiting {
+                        self.control.push_back(Control::Hello { reply: false });
+                    }
                 }
             }
             Phase::Established | Phase::Draining => {
@@ -2459,5 +2464,24 @@ mod tests {
             "{ev:?}"
         );
         assert!(fresh.open("svc", b"").is_ok());
+    }
+
+    #[test]
+    fn the_hello_retry_deadline_moves_on_while_output_is_stuck() {
+        // A virtio-serial port with no host: the first HELLO cannot be written.
+        let mut a = Mux::new(Config::new(Role::Server, 1), Instant::ZERO);
+        assert!(!a.poll_transmit().is_empty());
+        for second in 1..=5u64 {
+            let now = Instant::from_millis(1000 * second);
+            a.handle_timeout(now);
+            assert_eq!(
+                a.poll_at(),
+                Some(now + Duration::from_secs(1)),
+                "the deadline is in the future"
+            );
+        }
+        // Still only the one HELLO waiting, not five.
+        let waiting = a.poll_transmit().len();
+        assert_eq!(waiting, wire::HEADER_LEN + Hello::LEN + wire::TRAILER_LEN);
     }
 }

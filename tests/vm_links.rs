@@ -307,7 +307,7 @@ fn reconnect_checks(assets: &VmAssets, addr: &str) {
     let used = after - before;
     eprintln!("{addr}: agent CPU while the host was away for {idle:?}: {used:.3} s");
     assert!(
-        used < 0.5,
+        used < 0.1,
         "the agent used {used:.3} s of CPU in {idle:?} without a host: it spins"
     );
 }
@@ -383,8 +383,15 @@ fn every_link_serves_the_real_shim_and_shutdown_powers_off() {
         Duration::from_secs(300),
     );
     assert!(
-        ok(&out, "cat over ISA serial").as_bytes() == data,
-        "1 MiB through cat over ISA serial came back different"
+        out.status.success(),
+        "cat over ISA serial: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first_diff = data.iter().zip(&out.stdout).position(|(a, b)| a != b);
+    assert!(
+        out.stdout == data,
+        "1 MiB through cat over ISA serial came back different: {} bytes, first difference at {first_diff:?}",
+        out.stdout.len()
     );
     eprintln!(
         "ISA serial: 1 MiB through cat in {:.1} s",

@@ -269,7 +269,7 @@ impl Supervisor {
             wait_until_due(&clock, &redial);
             attempt = attempt.saturating_add(1);
             self.guest.set(GuestLink::Down { attempt });
-                        // A handshake (hybrid vsock's CONNECT / OK) needs time even when the guest is there;
+            // A handshake (hybrid vsock's CONNECT / OK) needs time even when the guest is there;
             // the transport retries within that budget, and Redial paces the attempts.
             let session = match transport::dial(&self.addr, self.timeout) {
                 Ok(link) => self.start_session(link),
