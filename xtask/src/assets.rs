@@ -578,6 +578,7 @@ mod tests {
         assert!(text.contains("\nkernel=/k\n"));
         assert!(text.contains("\nkernel_version=6.1.0-1-cloud-amd64\n"));
         assert!(text.contains("\nmodules=virtio_ring,virtio,virtio_pci_modern_dev,"));
-        assert!(text.ends_with("init=/a\n"));
+        assert!(text.contains("\ninit=/a\n"));
+        assert!(text.ends_with("busybox=/b\n"));
     }
 }
