@@ -114,6 +114,19 @@ impl Config {
         }
     }
 
+    /// Defaults for a UART or pty: [`Config::serial`] with small receive windows. A UART has no
+    /// flow control of its own and the kernel's tty buffers hold about 64 KiB; what this side
+    /// grants in total (`max_buffered + streams * min_window`) must fit, or bytes overflow and
+    /// frames are lost.
+    pub fn uart(role: Role, nonce: u64) -> Config {
+        Config {
+            stream_window: 16 << 10,
+            min_window: 4 << 10,
+            max_buffered: 32 << 10,
+            ..Config::serial(role, nonce)
+        }
+    }
+
     /// Defaults for a serial link (virtio-serial, UART, pty): payload CRCs and small chunks so
     /// streams interleave finely on slow lines.
     pub fn serial(role: Role, nonce: u64) -> Config {

@@ -107,12 +107,12 @@ pub fn parse_uuid(text: &str) -> Option<[u8; 16]> {
 }
 
 fn config_fn(serial: bool, boot_id: [u8; 16]) -> ConfigFn {
-    Box::new(move |_link| {
+    Box::new(move |link| {
         let nonce = vmux::reactor::random_nonce();
-        let mut config = if serial {
-            Config::serial(Role::Server, nonce)
-        } else {
-            Config::new(Role::Server, nonce)
+        let mut config = match (serial, link.kind()) {
+            (true, vmux::transport::LinkKind::Tty) => Config::uart(Role::Server, nonce),
+            (true, _) => Config::serial(Role::Server, nonce),
+            (false, _) => Config::new(Role::Server, nonce),
         };
         config.boot_id = boot_id;
         config

@@ -24,6 +24,8 @@ pub struct Plan {
     pub open_port: bool,
     /// Use [`Config::serial`] (payload CRCs, small chunks).
     pub serial: bool,
+    /// A UART or pty: [`Config::uart`] (small receive windows too).
+    pub uart: bool,
 }
 
 /// Decides how to reach `addr`: ttys are opened and always serial; sockets are dialed and
@@ -33,12 +35,15 @@ pub fn plan(addr: &Address, serial_flag: bool) -> Plan {
     Plan {
         open_port: addr.is_port(),
         serial: serial_flag || kind.is_serial(),
+        uart: kind == vmux::transport::LinkKind::Tty,
     }
 }
 
 /// The session settings for this host side of a link.
 pub fn config(plan: Plan, role: Role) -> Config {
-    if plan.serial {
+    if plan.uart {
+        Config::uart(role, random_nonce())
+    } else if plan.serial {
         Config::serial(role, random_nonce())
     } else {
         Config::new(role, random_nonce())
@@ -170,8 +175,13 @@ mod tests {
             plan(&tty, false),
             Plan {
                 open_port: true,
-                serial: true
+                serial: true,
+                uart: true
             }
+        );
+        assert_eq!(
+            config(plan(&tty, false), Role::Client).stream_window,
+            16 << 10
         );
     }
 
@@ -182,7 +192,8 @@ mod tests {
             plan(&unix, false),
             Plan {
                 open_port: false,
-                serial: false
+                serial: false,
+                uart: false
             }
         );
         assert!(plan(&unix, true).serial);
