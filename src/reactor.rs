@@ -269,16 +269,13 @@ impl ReactorHandle {
     pub fn add_link(&self, link: Link, config: Config) -> Result<Session, ReactorError> {
         let (incoming_tx, incoming_rx) = crossbeam_channel::unbounded();
         let shared = Arc::new(SessionShared::default());
-        let (reply, rx) = crossbeam_channel::bounded(1);
-        self.send(Command::AddLink {
+        let id = self.request(|reply| Command::AddLink {
             link,
             config,
             incoming: incoming_tx,
             shared: shared.clone(),
             reply,
-        })
-        .map_err(|_| ReactorError::Stopped)?;
-        let id = rx.recv().map_err(|_| ReactorError::Stopped)??;
+        })?;
         Ok(Session {
             id,
             reactor: self.clone(),
@@ -294,16 +291,12 @@ impl ReactorHandle {
         make_config: ConfigFn,
         sessions: Sender<Session>,
     ) -> Result<(), ReactorError> {
-        let (reply, rx) = crossbeam_channel::bounded(1);
-        self.send(Command::AddListener {
+        self.request(|reply| Command::AddListener {
             listener,
             make_config,
             sessions,
             reply,
         })
-        .map_err(|_| ReactorError::Stopped)?;
-        rx.recv().map_err(|_| ReactorError::Stopped)??;
-        Ok(())
     }
 
     /// Serves a serial port that outlives its peer: each session on it is sent to `sessions`,
@@ -314,16 +307,22 @@ impl ReactorHandle {
         make_config: ConfigFn,
         sessions: Sender<Session>,
     ) -> Result<(), ReactorError> {
-        let (reply, rx) = crossbeam_channel::bounded(1);
-        self.send(Command::AddPort {
+        self.request(|reply| Command::AddPort {
             link,
             make_config,
             sessions,
             reply,
         })
-        .map_err(|_| ReactorError::Stopped)?;
-        rx.recv().map_err(|_| ReactorError::Stopped)??;
-        Ok(())
+    }
+
+    /// Sends the command `make` builds around a reply channel and waits for the loop's answer.
+    fn request<T>(
+        &self,
+        make: impl FnOnce(Sender<io::Result<T>>) -> Command,
+    ) -> Result<T, ReactorError> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.send(make(reply)).map_err(|_| ReactorError::Stopped)?;
+        Ok(rx.recv().map_err(|_| ReactorError::Stopped)??)
     }
 }
 
