@@ -37,15 +37,27 @@ fuzz_target!(|ops: Vec<Op>| {
     let now = Instant::from_millis(1);
     let mut cfg = |role| {
         let mut c = Config::new(role, role as u64);
-                c.stream_window = 4 << 10;
+        c.stream_window = 4 << 10;
         c.min_window = 1 << 10;
         c.max_buffered = 16 << 10;
         c.chunk = 1 << 10;
         c
     };
     let mut sides = [
-        Side { mux: Mux::new(cfg(Role::Client), now), ids: vec![], incoming: vec![], sent: HashMap::new(), received: HashMap::new() },
-        Side { mux: Mux::new(cfg(Role::Server), now), ids: vec![], incoming: vec![], sent: HashMap::new(), received: HashMap::new() },
+        Side {
+            mux: Mux::new(cfg(Role::Client), now),
+            ids: vec![],
+            incoming: vec![],
+            sent: HashMap::new(),
+            received: HashMap::new(),
+        },
+        Side {
+            mux: Mux::new(cfg(Role::Server), now),
+            ids: vec![],
+            incoming: vec![],
+            sent: HashMap::new(),
+            received: HashMap::new(),
+        },
     ];
     let mut now = now;
     for op in ops {
@@ -68,19 +80,29 @@ fuzz_target!(|ops: Vec<Op>| {
                 let s = &mut sides[usize::from(side)];
                 if let Some(&id) = s.ids.get(usize::from(pick) % s.ids.len().max(1)) {
                     let start = *s.sent.get(&id).unwrap_or(&0);
-                    let data: Vec<u8> = (start..start + u64::from(len)).map(|i| (i % 251) as u8).collect();
+                    let data: Vec<u8> = (start..start + u64::from(len))
+                        .map(|i| (i % 251) as u8)
+                        .collect();
                     if let Ok(n) = s.mux.send(id, &data) {
                         *s.sent.entry(id).or_default() += n as u64;
                     }
                 }
             }
-            Op::Recv { side, pick, release } => {
+            Op::Recv {
+                side,
+                pick,
+                release,
+            } => {
                 let s = &mut sides[usize::from(side)];
                 if let Some(&id) = s.ids.get(usize::from(pick) % s.ids.len().max(1)) {
                     while let Some(chunk) = s.mux.recv(id) {
                         let start = *s.received.get(&id).unwrap_or(&0);
                         for (k, b) in chunk.iter().enumerate() {
-                            assert_eq!(*b, ((start + k as u64) % 251) as u8, "stream {id} corrupted");
+                            assert_eq!(
+                                *b,
+                                ((start + k as u64) % 251) as u8,
+                                "stream {id} corrupted"
+                            );
                         }
                         *s.received.entry(id).or_default() += chunk.len() as u64;
                         if release {
@@ -124,7 +146,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     s.incoming.push(id);
                 }
             }
-                        let b = s.mux.buffered();
+            let b = s.mux.buffered();
             let bound = (16 << 10) + s.mux.stream_count() * (1 << 10);
             assert!(b.budget <= 16 << 10);
             assert!(b.granted <= bound);
@@ -133,7 +155,10 @@ fuzz_target!(|ops: Vec<Op>| {
         // Both sides agree: nobody received more than was sent.
         for (a, b) in [(0, 1), (1, 0)] {
             for (id, got) in &sides[a].received {
-                assert!(*got <= *sides[b].sent.get(id).unwrap_or(&0), "stream {id} received more than was sent");
+                assert!(
+                    *got <= *sides[b].sent.get(id).unwrap_or(&0),
+                    "stream {id} received more than was sent"
+                );
             }
         }
     }

@@ -13,33 +13,70 @@ use vmux::wire::{emit_frame, ErrorCode, Features, Flags, Hello, Kind, Role};
 #[derive(Debug, Arbitrary)]
 enum Op {
     /// A frame from the peer: raw kind, flags, stream and payload.
-    Frame { kind: u8, flags: u16, stream: u32, payload: Vec<u8>, trailer: bool },
+    Frame {
+        kind: u8,
+        flags: u16,
+        stream: u32,
+        payload: Vec<u8>,
+        trailer: bool,
+    },
     /// A well-formed OPEN from the peer.
-    Open { stream: u32, credit: u32 },
+    Open {
+        stream: u32,
+        credit: u32,
+    },
     /// DATA from the peer.
-    Data { stream: u32, len: u16 },
+    Data {
+        stream: u32,
+        len: u16,
+    },
     /// CREDIT from the peer.
-    Credit { stream: u32, limit: u32 },
+    Credit {
+        stream: u32,
+        limit: u32,
+    },
     /// Raw bytes from the peer.
     Bytes(Vec<u8>),
     /// Local operations.
     LocalOpen,
-    Accept { pick: u8 },
-    Send { pick: u8, len: u16 },
-    Recv { pick: u8 },
-    Close { pick: u8 },
-    Reset { pick: u8 },
+    Accept {
+        pick: u8,
+    },
+    Send {
+        pick: u8,
+        len: u16,
+    },
+    Recv {
+        pick: u8,
+    },
+    Close {
+        pick: u8,
+    },
+    Reset {
+        pick: u8,
+    },
     GoAway,
     /// The link takes this many bytes of output.
-    Transmit { n: u16 },
+    Transmit {
+        n: u16,
+    },
     /// Time passes.
-    Tick { millis: u16 },
+    Tick {
+        millis: u16,
+    },
 }
 
 fn frame(kind: u8, flags: u16, stream: u32, payload: &[u8], trailer: bool) -> Vec<u8> {
     let mut out = Vec::new();
     // Build with a valid kind first, then patch the raw kind and flags and fix the CRC.
-    emit_frame(&mut out, Kind::Data, Flags::empty(), stream.max(1), payload, trailer);
+    emit_frame(
+        &mut out,
+        Kind::Data,
+        Flags::empty(),
+        stream.max(1),
+        payload,
+        trailer,
+    );
     out[3] = kind;
     out[4..6].copy_from_slice(&flags.to_le_bytes());
     out[8..12].copy_from_slice(&stream.to_le_bytes());
@@ -51,7 +88,7 @@ fn frame(kind: u8, flags: u16, stream: u32, payload: &[u8], trailer: bool) -> Ve
 fuzz_target!(|ops: Vec<Op>| {
     let mut config = Config::new(Role::Server, 1);
     config.max_streams = 8;
-        config.stream_window = 8 << 10;
+    config.stream_window = 8 << 10;
     config.min_window = 2 << 10;
     config.max_buffered = 32 << 10;
     config.max_pending_control = 64;
@@ -68,13 +105,26 @@ fuzz_target!(|ops: Vec<Op>| {
         boot_id: [0; 16],
     };
     let mut bytes = Vec::new();
-    emit_frame(&mut bytes, Kind::Hello, Flags::empty(), 0, &hello.to_bytes(), true);
+    emit_frame(
+        &mut bytes,
+        Kind::Hello,
+        Flags::empty(),
+        0,
+        &hello.to_bytes(),
+        true,
+    );
     mux.handle_input(now, &bytes);
     let mut incoming = Vec::new();
     let mut streams: Vec<u32> = Vec::new();
     for op in ops {
         match op {
-            Op::Frame { kind, flags, stream, payload, trailer } => {
+            Op::Frame {
+                kind,
+                flags,
+                stream,
+                payload,
+                trailer,
+            } => {
                 mux.handle_input(now, &frame(kind, flags, stream, &payload, trailer));
             }
             Op::Open { stream, credit } => {
@@ -87,7 +137,10 @@ fuzz_target!(|ops: Vec<Op>| {
                 mux.handle_input(now, &frame(Kind::Data as u8, 0, stream, &p, false));
             }
             Op::Credit { stream, limit } => {
-                mux.handle_input(now, &frame(Kind::Credit as u8, 0, stream, &limit.to_le_bytes(), false));
+                mux.handle_input(
+                    now,
+                    &frame(Kind::Credit as u8, 0, stream, &limit.to_le_bytes(), false),
+                );
             }
             Op::Bytes(b) => mux.handle_input(now, &b),
             Op::LocalOpen => {
@@ -141,8 +194,12 @@ fuzz_target!(|ops: Vec<Op>| {
             }
         }
         let b = mux.buffered();
-                let bound = config.max_buffered + mux.stream_count() * config.min_window as usize;
-        assert!(b.budget <= config.max_buffered, "budget {} over max_buffered", b.budget);
+        let bound = config.max_buffered + mux.stream_count() * config.min_window as usize;
+        assert!(
+            b.budget <= config.max_buffered,
+            "budget {} over max_buffered",
+            b.budget
+        );
         assert!(b.granted <= bound, "granted {} over {bound}", b.granted);
         assert!(b.rx <= bound, "rx {} over {bound}", b.rx);
         assert!(b.decoder <= 20 + (64 << 10) + 4);

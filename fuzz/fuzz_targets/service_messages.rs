@@ -6,12 +6,14 @@
 
 use libfuzzer_sys::fuzz_target;
 use vmux::service::{
-    ControlDecoder, CopyData, CopyReady, CopyRequest, ExecIo, ExecReply, ExecRequest, ForwardTarget, Info,
-    ShutdownRequest,
+    ControlDecoder, CopyData, CopyReady, CopyRequest, ExecIo, ExecReply, ExecRequest,
+    ForwardTarget, Info, ShutdownRequest,
 };
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, body)) = data.split_first() else { return };
+    let Some((&selector, body)) = data.split_first() else {
+        return;
+    };
     match selector % 10 {
         0 => drop(ExecRequest::decode(body)),
         1 => drop(ExecReply::decode(body)),
