@@ -29,8 +29,8 @@ impl Drop for KillOnDrop {
 /// Serialises the VM tests of this file.
 static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-const PORT_NAME: &str = "org.vmux.agent.0";
-const VSOCK_PORT: u32 = 1024;
+const PORT_NAME: &str = common::vm::AGENT_PORT_NAME;
+const VSOCK_PORT: u32 = common::vm::AGENT_VSOCK_PORT;
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {
     ONE_VM_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
@@ -313,19 +313,24 @@ fn reconnect_checks(assets: &VmAssets, addr: &str) {
 }
 
 fn boot_all_links(assets: &VmAssets) -> Vm {
-    let mut vm = VmBuilder::new(assets)
-        .vsock()
-        .virtio_serial(PORT_NAME)
-        .isa_serial()
-        .load_modules()
-        .kernel_arg(format!("vmux.listen=vsock://any:{VSOCK_PORT}"))
-        .kernel_arg(format!("vmux.listen=virtio-serial://{PORT_NAME}"))
-        .kernel_arg("vmux.listen=tty:///dev/ttyS1")
-        .boot()
-        .expect("boot");
-    vm.wait_for_console("vmux-agent ready", BOOT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}\n{}", vm.diagnostics()));
-    vm
+    VmBuilder::all_links(assets)
+        .boot_agent()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Powers the guest off through the agent and waits for QEMU to exit.
+fn shut_down(assets: &VmAssets, vm: &mut Vm, addr: &str) -> std::process::ExitStatus {
+    ok(
+        &shim(
+            assets,
+            &["-c", addr, "shutdown"],
+            None,
+            Duration::from_secs(60),
+        ),
+        "shutdown",
+    );
+    vm.wait_exit(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", vm.diagnostics()))
 }
 
 #[test]
@@ -399,18 +404,7 @@ fn every_link_serves_the_real_shim_and_shutdown_powers_off() {
     );
 
     // Shutdown through the shim powers the VM off cleanly.
-    ok(
-        &shim(
-            &assets,
-            &["-c", &hvsock, "shutdown"],
-            None,
-            Duration::from_secs(60),
-        ),
-        "shutdown",
-    );
-    let status = vm
-        .wait_exit(Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}\n{}", vm.diagnostics()));
+    let status = shut_down(&assets, &mut vm, &hvsock);
     assert!(status.success(), "QEMU exit status {status}");
     assert!(
         vm.console().contains("reboot: Power down"),
@@ -459,17 +453,7 @@ fn auto_mode_picks_vsock_and_a_dial_before_the_agent_listens_retries() {
         "the agent logs its choice:\n{}",
         vm.diagnostics()
     );
-    ok(
-        &shim(
-            &assets,
-            &["-c", &hvsock, "shutdown"],
-            None,
-            Duration::from_secs(60),
-        ),
-        "shutdown",
-    );
-    vm.wait_exit(Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}\n{}", vm.diagnostics()));
+    shut_down(&assets, &mut vm, &hvsock);
 }
 
 #[test]
@@ -481,10 +465,8 @@ fn auto_mode_falls_back_to_virtio_serial_without_vsock() {
     let mut vm = VmBuilder::new(&assets)
         .virtio_serial(PORT_NAME)
         .load_modules()
-        .boot()
-        .expect("boot");
-    vm.wait_for_console("vmux-agent ready", BOOT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}\n{}", vm.diagnostics()));
+        .boot_agent()
+        .unwrap_or_else(|e| panic!("{e}"));
     let virtio = format!(
         "unix://{}",
         vm.virtio_serial_socket(PORT_NAME).unwrap().display()
@@ -499,17 +481,7 @@ fn auto_mode_falls_back_to_virtio_serial_without_vsock() {
         "info",
     );
     assert!(info.contains("link:             virtio-serial"), "{info}");
-    ok(
-        &shim(
-            &assets,
-            &["-c", &virtio, "shutdown"],
-            None,
-            Duration::from_secs(60),
-        ),
-        "shutdown",
-    );
-    vm.wait_exit(Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}\n{}", vm.diagnostics()));
+    shut_down(&assets, &mut vm, &virtio);
 }
 
 #[test]

@@ -26,6 +26,10 @@ use std::time::{Duration, Instant};
 
 /// How long to wait for a guest to reach a point of its boot on a loaded machine.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The vsock port the agent listens on (also `auto`'s default).
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+/// The virtio-serial port name the agent looks for.
+pub const AGENT_PORT_NAME: &str = "org.vmux.agent.0";
 /// The guest CID that the harness gives vhost-device-vsock.
 pub const GUEST_CID: u32 = 3;
 /// How often waits look at the console file and the QEMU process.
@@ -280,6 +284,27 @@ impl VmBuilder {
         }
         args.extend(self.kernel_args.iter().cloned());
         args.join(" ")
+    }
+
+    /// A guest with every link (vsock, the virtio-serial port `org.vmux.agent.0`, ttyS1) and an
+    /// agent listening on each of them: what the demo and the link tests boot.
+    pub fn all_links(assets: &VmAssets) -> Self {
+        VmBuilder::new(assets)
+            .vsock()
+            .virtio_serial(AGENT_PORT_NAME)
+            .isa_serial()
+            .load_modules()
+            .kernel_arg(format!("vmux.listen=vsock://any:{AGENT_VSOCK_PORT}"))
+            .kernel_arg(format!("vmux.listen=virtio-serial://{AGENT_PORT_NAME}"))
+            .kernel_arg("vmux.listen=tty:///dev/ttyS1")
+    }
+
+    /// Boots, then waits for the agent's ready line.
+    pub fn boot_agent(self) -> Result<Vm, String> {
+        let mut vm = self.boot()?;
+        vm.wait_for_console("vmux-agent ready", BOOT_TIMEOUT)
+            .map_err(|e| format!("the agent did not come up: {e}"))?;
+        Ok(vm)
     }
 
     /// Starts vhost-device-vsock (if asked) and QEMU, and returns as soon as QEMU runs.

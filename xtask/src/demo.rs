@@ -7,12 +7,7 @@ use crate::util::Result;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use vmux_vmtest::{VmAssets, VmBuilder, BOOT_TIMEOUT};
-
-/// The vsock port the agent listens on in the demo (and the default of `auto`).
-const VSOCK_PORT: u32 = 1024;
-/// The virtio-serial port name the agent looks for.
-const PORT_NAME: &str = "org.vmux.agent.0";
+use vmux_vmtest::{VmAssets, VmBuilder, AGENT_PORT_NAME, AGENT_VSOCK_PORT};
 
 /// Runs the demo.
 pub fn demo(root: &Path) -> Result<()> {
@@ -31,17 +26,7 @@ pub fn demo(root: &Path) -> Result<()> {
 
     println!("[2/5] booting QEMU (software emulation, no KVM) with a vsock device, a virtio-serial port and a second UART");
     let boot_started = Instant::now();
-    let mut vm = VmBuilder::new(&assets)
-        .vsock()
-        .virtio_serial(PORT_NAME)
-        .isa_serial()
-        .load_modules()
-        .kernel_arg(format!("vmux.listen=vsock://any:{VSOCK_PORT}"))
-        .kernel_arg(format!("vmux.listen=virtio-serial://{PORT_NAME}"))
-        .kernel_arg("vmux.listen=tty:///dev/ttyS1")
-        .boot()?;
-    vm.wait_for_console("vmux-agent ready", BOOT_TIMEOUT)
-        .map_err(|e| format!("the agent did not come up: {e}\n{}", vm.diagnostics()))?;
+    let mut vm = VmBuilder::all_links(&assets).boot_agent()?;
     println!(
         "      the agent is up as PID 1, {:.1} s after QEMU started\n",
         boot_started.elapsed().as_secs_f64()
@@ -49,7 +34,7 @@ pub fn demo(root: &Path) -> Result<()> {
 
     let vsock = vm.vsock_uds().ok_or("no vsock socket")?.to_path_buf();
     let virtio = vm
-        .virtio_serial_socket(PORT_NAME)
+        .virtio_serial_socket(AGENT_PORT_NAME)
         .ok_or("no virtio-serial socket")?
         .to_path_buf();
     let isa = vm
@@ -59,7 +44,7 @@ pub fn demo(root: &Path) -> Result<()> {
     let links = [
         (
             "hybrid vsock",
-            format!("hvsock://{}:{VSOCK_PORT}", vsock.display()),
+            format!("hvsock://{}:{AGENT_VSOCK_PORT}", vsock.display()),
             "the host end of a virtio-vsock device, as Firecracker and Cloud Hypervisor expose it: a unix socket and a CONNECT line",
         ),
         (
