@@ -22,6 +22,8 @@ pub struct RawFrame {
     pub flags: u16,
     /// The stream id.
     pub stream: u32,
+    /// The link sequence number (meaningful only when `RELIABLE` is in force).
+    pub seq: u16,
     /// The payload, trailer removed.
     pub payload: Vec<u8>,
 }
@@ -265,6 +267,7 @@ impl Decoder {
             kind,
             flags: view.flags_raw(),
             stream: view.stream_id(),
+            seq: view.seq(),
             payload: payload.to_vec(),
         };
         Scan::Frame(frame, total)

@@ -8,6 +8,7 @@
 //! - [`service`] defines the agent's services (messages and the host-side client API);
 //! - [`transport`] opens the links: unix sockets, vsock, hybrid vsock, virtio-serial, tty.
 
+pub mod arq;
 pub mod codec;
 pub mod mux;
 pub mod reactor;

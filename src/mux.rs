@@ -38,11 +38,12 @@
 //! [`Mux::release`], [`Mux::close`], [`Mux::reset`]) only record work; frames are built when the
 //! caller asks for output, data streams taking turns in chunks of at most `chunk` bytes.
 
+use crate::arq::{Arq, ArqConfig, Arrival};
 use crate::codec::{DecodeError, Decoder, RawFrame};
 use crate::time::Instant;
 use crate::wire::{
-    self, Credit, ErrorBody, ErrorCode, Features, Flags, Hello, Kind, Open, OpenOk, PingBody, Role,
-    MAX_FRAME_LIMIT, MIN_FRAME_LIMIT,
+    self, Ack, Credit, ErrorBody, ErrorCode, Features, Flags, Hello, Kind, Open, OpenOk, PingBody,
+    Role, MAX_FRAME_LIMIT, MIN_FRAME_LIMIT,
 };
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -76,6 +77,13 @@ pub struct Config {
     pub chunk: usize,
     /// Ask for CRC32C trailers on every payload (serial links).
     pub payload_crc: bool,
+    /// Ask for link sequence numbers, ACKs and retransmission (serial links; see [`crate::arq`]).
+    /// In force only when both sides ask; it implies payload CRCs.
+    pub reliable: bool,
+    /// Most bytes of unacknowledged frames kept for retransmission.
+    pub retransmit_limit: usize,
+    /// Shortest retransmission timeout (the timeout follows the measured round trip above it).
+    pub min_rto: Duration,
     /// Silence before a keepalive PING; `None` disables keepalive.
     pub keepalive_interval: Option<Duration>,
     /// Silence after a PING before the session is declared dead.
@@ -104,6 +112,9 @@ impl Config {
             max_buffered: 1 << 20,
             chunk: 64 << 10,
             payload_crc: false,
+            reliable: false,
+            retransmit_limit: 256 << 10,
+            min_rto: Duration::from_millis(100),
             keepalive_interval: Some(Duration::from_secs(15)),
             keepalive_timeout: Duration::from_secs(30),
             hello_retry: Duration::from_secs(1),
@@ -123,15 +134,17 @@ impl Config {
             stream_window: 16 << 10,
             min_window: 4 << 10,
             max_buffered: 32 << 10,
+            retransmit_limit: 32 << 10,
             ..Config::serial(role, nonce)
         }
     }
 
-    /// Defaults for a serial link (virtio-serial, UART, pty): payload CRCs and small chunks so
-    /// streams interleave finely on slow lines.
+    /// Defaults for a serial link (virtio-serial, UART, pty): payload CRCs, retransmission of
+    /// lost frames, and small chunks so streams interleave finely on slow lines.
     pub fn serial(role: Role, nonce: u64) -> Config {
         Config {
             payload_crc: true,
+            reliable: true,
             chunk: 4 << 10,
             output_high_water: 32 << 10,
             ..Config::new(role, nonce)
@@ -221,6 +234,8 @@ pub struct PeerInfo {
     pub hello: Hello,
     /// Whether payload trailers are on for this session.
     pub payload_crc: bool,
+    /// Whether sequence numbers and retransmission are on for this session.
+    pub reliable: bool,
 }
 
 /// Something the caller must know or act on.
@@ -304,6 +319,20 @@ pub struct Counters {
     pub pauses: u64,
     /// Times the peer restarted (a HELLO with a new nonce).
     pub peer_restarts: u64,
+    /// Frames sent again because the peer asked or the retransmission timer fired.
+    pub retransmitted_frames: u64,
+    /// Retransmission timer expiries.
+    pub retransmit_timeouts: u64,
+    /// Resend requests (ACK|RESEND) received.
+    pub resend_requests: u64,
+    /// Resend requests sent.
+    pub resends_asked: u64,
+    /// Sequenced frames dropped because one before them was lost.
+    pub out_of_order: u64,
+    /// Sequenced frames dropped because they had been delivered already.
+    pub duplicates: u64,
+    /// ACK frames sent.
+    pub acks_sent: u64,
 }
 
 /// Bytes held in memory right now, for bounds checks.
@@ -321,6 +350,8 @@ pub struct Buffered {
     pub granted: usize,
     /// The part of `granted` above each stream's `min_window`, which `max_buffered` bounds.
     pub budget: usize,
+    /// Sent frames kept until the peer acknowledges them, which `retransmit_limit` bounds.
+    pub retransmit: usize,
 }
 
 /// The session's phase.
@@ -508,7 +539,12 @@ struct Drain {
     goaway_sent: bool,
     drained_sent: bool,
     drained_received: bool,
+    /// Retransmission timeouts spent waiting for the ACK of our last frames after DRAINED crossed.
+    linger_timeouts: u32,
 }
+
+/// How many retransmission timeouts a drained session waits for the ACK of its last frames.
+const MAX_LINGER_TIMEOUTS: u32 = 3;
 
 /// The sans-I/O session state machine.
 #[derive(Debug)]
@@ -516,6 +552,9 @@ pub struct Mux {
     config: Config,
     phase: Phase,
     decoder: Decoder,
+    /// Sequence numbers and the retransmit buffer; used only while `reliable` is in force.
+    arq: Arq,
+    reliable: bool,
     peer: Option<PeerInfo>,
     streams: HashMap<StreamId, Stream>,
     next_local_id: u32,
@@ -552,8 +591,16 @@ impl Mux {
             chunk: config.chunk.clamp(1, max_frame as usize),
             ..config
         };
+        let arq = Arq::new(ArqConfig {
+            limit: config.retransmit_limit.max(1),
+            min_rto: config.min_rto,
+            max_rto: Duration::from_secs(8).max(config.min_rto),
+            initial_rto: Duration::from_secs(1).max(config.min_rto),
+        });
         let mut mux = Mux {
             next_local_id: config.role.first_stream_id(),
+            arq,
+            reliable: false,
             config,
             phase: Phase::AwaitingHello,
             decoder,
@@ -612,7 +659,15 @@ impl Mux {
     /// Counters so far.
     pub fn counters(&self) -> Counters {
         let d = self.decoder.stats();
+        let a = self.arq.stats();
         Counters {
+            retransmitted_frames: a.retransmitted_frames,
+            retransmit_timeouts: a.timeouts,
+            resend_requests: a.resend_requests,
+            resends_asked: a.resends_asked,
+            out_of_order: a.out_of_order,
+            duplicates: a.duplicates,
+            acks_sent: a.acks_sent,
             resyncs: d.resyncs,
             discarded_bytes: d.discarded_bytes,
             header_crc_errors: d.header_crc_errors,
@@ -634,6 +689,7 @@ impl Mux {
             decoder: self.decoder.buffered(),
             granted: self.granted_total,
             budget: self.budget_used,
+            retransmit: self.arq.buffered(),
         }
     }
 
@@ -649,6 +705,21 @@ impl Mux {
 
     /// The next deadline at which [`Mux::handle_timeout`] must be called, if any.
     pub fn poll_at(&self) -> Option<Instant> {
+        let keepalive = self.keepalive_at();
+        let retransmit = self.arq.deadline().filter(|_| self.live_reliable());
+        match (keepalive, retransmit) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether retransmission is in force and the session still runs.
+    fn live_reliable(&self) -> bool {
+        self.reliable && matches!(self.phase, Phase::Established | Phase::Draining)
+    }
+
+    /// The HELLO retry or keepalive deadline.
+    fn keepalive_at(&self) -> Option<Instant> {
         match self.phase {
             Phase::Terminated => None,
             Phase::AwaitingHello => Some(self.live.hello_sent + self.config.hello_retry),
@@ -681,6 +752,14 @@ impl Mux {
                     self.counters.frames_in += 1;
                     self.live.last_rx = now;
                     self.live.probe = None;
+                    if self.live_reliable()
+                        && Kind::from_u8(frame.kind).map_or(true, wire::is_sequenced)
+                        && self.arq.on_arrival(frame.seq, now) != Arrival::InOrder
+                    {
+                        // A frame before it was lost, or it is a resent copy: it proves the peer
+                        // is alive, nothing more.
+                        continue;
+                    }
                     self.handle_frame(now, frame);
                 }
                 Err(DecodeError::Version { peer }) => {
@@ -702,6 +781,11 @@ impl Mux {
         if self.woke_from_pause(now) {
             return;
         }
+        let resent = self.live_reliable() && self.arq.on_timeout(now, &mut self.out);
+        if resent && self.drain.drained_sent && self.drain.drained_received {
+            self.drain.linger_timeouts += 1;
+            self.check_drained();
+        }
         match self.phase {
             Phase::Terminated => {}
             Phase::AwaitingHello => {
@@ -710,8 +794,14 @@ impl Mux {
                     // HELLO unsent, and a deadline left in the past would wake the loop at once,
                     // forever.
                     self.live.hello_sent = now;
-                    let nothing_waiting = self.out_pos == self.out.len() && self.control.is_empty();
-                    if nothing_waiting {
+                    // Only when the last HELLO left: a port with no peer keeps one waiting,
+                    // not a pile. OPENs queued behind it cannot go before the answer anyway.
+                    let hello_waiting = self.out_pos < self.out.len()
+                        || self
+                            .control
+                            .iter()
+                            .any(|c| matches!(c, Control::Hello { .. }));
+                    if !hello_waiting {
                         self.control.push_back(Control::Hello { reply: false });
                     }
                 }
@@ -745,7 +835,7 @@ impl Mux {
     /// host suspended. The peer was frozen out of our view, not silent, so liveness restarts
     /// from now and the probe is sent again instead of declaring the peer dead.
     fn woke_from_pause(&mut self, now: Instant) -> bool {
-        let late = match self.poll_at() {
+        let late = match self.keepalive_at() {
             Some(deadline) if self.phase != Phase::AwaitingHello => now.saturating_since(deadline),
             _ => return false,
         };
@@ -765,12 +855,15 @@ impl Mux {
         &self.out[self.out_pos..]
     }
 
-    /// Reports that the first `n` bytes returned by [`Mux::poll_transmit`] were written.
-    pub fn advance_output(&mut self, n: usize) {
+    /// Reports that the first `n` bytes returned by [`Mux::poll_transmit`] were written at `now`.
+    pub fn advance_output(&mut self, now: Instant, n: usize) {
         self.out_pos = (self.out_pos + n).min(self.out.len());
         if self.out_pos == self.out.len() {
             self.out.clear();
             self.out_pos = 0;
+            if self.live_reliable() {
+                self.arq.on_output_drained(now);
+            }
         } else if self.out_pos > self.config.output_high_water {
             self.out.drain(..self.out_pos);
             self.out_pos = 0;
@@ -779,17 +872,29 @@ impl Mux {
 
     /// Whether output is waiting or could be built now.
     pub fn wants_to_write(&self) -> bool {
-        self.out_pos < self.out.len()
-            || (!self.control.is_empty() && self.phase != Phase::AwaitingHello)
+        if self.out_pos < self.out.len()
+            || (self.live_reliable() && self.arq.ack_due())
             || self
                 .control
                 .iter()
                 .any(|c| matches!(c, Control::Hello { .. }))
+        {
+            return true;
+        }
+        if !self.seq_room() {
+            return false;
+        }
+        (!self.control.is_empty() && self.phase != Phase::AwaitingHello)
             || self.live.pong_owed.is_some()
             || self
                 .ring
                 .iter()
                 .any(|id| self.streams.get(id).is_some_and(Stream::wants_turn))
+    }
+
+    /// Whether a sequenced frame may be built: always, unless the retransmit buffer is full.
+    fn seq_room(&self) -> bool {
+        !self.reliable || self.arq.has_room()
     }
 
     /// The link is gone: every stream fails with LINK_LOST and the session ends.
@@ -811,6 +916,7 @@ impl Mux {
         match self.phase {
             Phase::Terminated => return Err(MuxError::Terminated),
             Phase::Draining => return Err(MuxError::GoingAway),
+            Phase::AwaitingHello if self.drain.goaway_sent => return Err(MuxError::GoingAway),
             Phase::AwaitingHello | Phase::Established => {}
         }
         if !wire::is_valid_service_name(service) {
@@ -1043,6 +1149,15 @@ impl Mux {
             return Err(MuxError::UnknownStream(id));
         }
         self.remove_stream(id);
+        let unannounced = self
+            .control
+            .iter()
+            .position(|c| matches!(c, Control::Open { id: open, .. } if *open == id));
+        if let Some(pos) = unannounced {
+            // The OPEN never left: the peer never hears of this stream.
+            self.control.remove(pos);
+            return Ok(());
+        }
         self.counters.resets_sent += 1;
         self.control.push_back(Control::Reset {
             id,
@@ -1069,7 +1184,10 @@ impl Mux {
                 drained: false,
             });
         }
-        self.phase = Phase::Draining;
+        // Before the peer's HELLO, draining starts once it arrives (see `on_hello`).
+        if self.phase != Phase::AwaitingHello {
+            self.phase = Phase::Draining;
+        }
         self.check_drained();
     }
 
@@ -1122,6 +1240,8 @@ impl Mux {
                 }
                 Err(e) => self.fail(ErrorCode::PROTOCOL, e.to_string()),
             },
+            // Link-level acknowledgement: free what it covers, resend if asked.
+            Kind::Ack => self.on_ack(now, header.flags, p),
             // A new stream from the peer.
             Kind::Open => self.on_open(id, p),
             // Everything else names an existing stream.
@@ -1136,7 +1256,12 @@ impl Mux {
                     Kind::Credit => self.on_credit(id, p),
                     Kind::Close => self.on_close(id, p),
                     Kind::Reset => self.on_reset(id, p),
-                    Kind::Hello | Kind::Ping | Kind::Pong | Kind::GoAway | Kind::Open => {}
+                    Kind::Hello
+                    | Kind::Ping
+                    | Kind::Pong
+                    | Kind::GoAway
+                    | Kind::Ack
+                    | Kind::Open => {}
                 }
             }
         }
@@ -1184,14 +1309,25 @@ impl Mux {
                 self.live.probe = None;
                 self.live.pong_owed = None;
                 self.live.user_pings.clear();
+                // Numbering starts again on both sides; what the old peer never acknowledged
+                // belonged to streams that just failed.
+                self.arq.reset();
                 true
             }
             None => false,
         };
-        let payload_crc = self.config.payload_crc || hello.features.contains(Features::PAYLOAD_CRC);
+        let reliable = self.config.reliable && hello.features.contains(Features::RELIABLE);
+        let payload_crc =
+            self.config.payload_crc || hello.features.contains(Features::PAYLOAD_CRC) || reliable;
         self.decoder.set_payload_crc(payload_crc);
-        let peer = PeerInfo { hello, payload_crc };
+        self.reliable = reliable;
+        let peer = PeerInfo {
+            hello,
+            payload_crc,
+            reliable,
+        };
         self.peer = Some(peer);
+        let shutting_down = self.phase == Phase::AwaitingHello && self.drain.goaway_sent;
         if self.phase == Phase::AwaitingHello {
             self.phase = Phase::Established;
         }
@@ -1200,6 +1336,11 @@ impl Mux {
         }
         self.events
             .push_back(Event::Established { peer, restarted });
+        if shutting_down {
+            // GOAWAY was asked for before the peer was there; it is queued behind the HELLO.
+            self.phase = Phase::Draining;
+            self.check_drained();
+        }
     }
 
     fn on_pong(&mut self, now: Instant, opaque: u64) {
@@ -1209,6 +1350,23 @@ impl Mux {
             self.events.push_back(Event::Pong {
                 rtt: now.saturating_since(sent),
             });
+        }
+    }
+
+    fn on_ack(&mut self, now: Instant, flags: Flags, p: &[u8]) {
+        if !self.reliable {
+            return self.fail(
+                ErrorCode::PROTOCOL,
+                "ACK on a session without RELIABLE".to_string(),
+            );
+        }
+        let ack = match Ack::parse(p) {
+            Ok(a) => a,
+            Err(e) => return self.fail(ErrorCode::PROTOCOL, e.to_string()),
+        };
+        let resend = flags.contains(Flags::RESEND);
+        if self.arq.on_ack(ack.next, resend, now, &mut self.out) {
+            self.check_drained();
         }
     }
 
@@ -1582,6 +1740,15 @@ impl Mux {
         if self.drain.drained_sent && self.drain.drained_received {
             // Our DRAINED (and anything before it) must still reach the peer.
             self.emit_control_now();
+            if self.reliable {
+                // The peer's last frames need our ACK, and ours need the peer's: linger a few
+                // retransmission timeouts for it. The peer's DRAINED already proved every
+                // stream byte arrived, so giving up after that is still a clean end.
+                self.emit_ack();
+                if self.arq.unacked() > 0 && self.drain.linger_timeouts < MAX_LINGER_TIMEOUTS {
+                    return;
+                }
+            }
             let by_peer = !self.drain.goaway_sent;
             self.terminate(Termination {
                 code: ErrorCode::NORMAL,
@@ -1651,6 +1818,10 @@ impl Mux {
             }
             return;
         }
+        self.emit_ack();
+        if !self.seq_room() {
+            return;
+        }
         if let Some(opaque) = self.live.pong_owed.take() {
             self.emit_frame(
                 Kind::Pong,
@@ -1659,13 +1830,28 @@ impl Mux {
                 &PingBody { opaque }.to_bytes(),
             );
         }
-        while self.pending_out() < high {
+        while self.pending_out() < high && self.seq_room() {
             let Some(c) = self.control.pop_front() else {
                 break;
             };
             self.emit_control(c);
         }
         self.fill_data(high);
+    }
+
+    /// Builds the ACK that is due, if retransmission is in force.
+    fn emit_ack(&mut self) {
+        if !self.live_reliable() {
+            return;
+        }
+        if let Some((next, resend)) = self.arq.take_ack() {
+            let flags = if resend {
+                Flags::RESEND
+            } else {
+                Flags::empty()
+            };
+            self.emit_frame(Kind::Ack, flags, 0, &Ack { next }.to_bytes());
+        }
     }
 
     fn emit_control_now(&mut self) {
@@ -1682,11 +1868,13 @@ impl Mux {
         let mut payload = Vec::new();
         match c {
             Control::Hello { reply } => {
-                let features = if self.config.payload_crc {
-                    Features::PAYLOAD_CRC
-                } else {
-                    Features::empty()
-                };
+                let mut features = Features::empty();
+                if self.config.payload_crc {
+                    features |= Features::PAYLOAD_CRC;
+                }
+                if self.config.reliable {
+                    features |= Features::RELIABLE;
+                }
                 let hello = Hello {
                     role: self.config.role,
                     version: u16::from(wire::VERSION),
@@ -1791,6 +1979,9 @@ impl Mux {
         let before = self.out.len();
         let trailer = wire::has_trailer(kind, payload.len() as u32, self.decoder.payload_crc());
         wire::emit_frame(&mut self.out, kind, flags, stream, payload, trailer);
+        if self.reliable && wire::is_sequenced(kind) {
+            self.arq.sequence(&mut self.out[before..]);
+        }
         self.counters.frames_out += 1;
         self.counters.bytes_out += (self.out.len() - before) as u64;
     }
@@ -1799,7 +1990,7 @@ impl Mux {
     fn fill_data(&mut self, high: usize) {
         let chunk_max = self.config.chunk.min(self.peer_max_frame());
         let trailer = self.decoder.payload_crc();
-        while self.pending_out() < high {
+        while self.pending_out() < high && self.seq_room() {
             let Some(id) = self.ring.pop_front() else {
                 break;
             };
@@ -1844,6 +2035,9 @@ impl Mux {
                 if trailer {
                     let crc = wire::crc32c(&self.out[start + wire::HEADER_LEN..]);
                     self.out.extend_from_slice(&crc.to_le_bytes());
+                }
+                if self.reliable {
+                    self.arq.sequence(&mut self.out[start..]);
                 }
                 stream.tx_len -= n;
                 stream.tx_sent += Wrapping(n as u32);
@@ -1911,9 +2105,9 @@ mod tests {
                     self.b_events.push(e);
                 }
                 let ab = self.a.poll_transmit().to_vec();
-                self.a.advance_output(ab.len());
+                self.a.advance_output(self.now, ab.len());
                 let ba = self.b.poll_transmit().to_vec();
-                self.b.advance_output(ba.len());
+                self.b.advance_output(self.now, ba.len());
                 if ab.is_empty() && ba.is_empty() {
                     break;
                 }
@@ -2077,7 +2271,7 @@ mod tests {
             p.a.handle_timeout(now);
             let _ = p.a.poll_transmit().len(); // the PING goes nowhere
             let n = p.a.poll_transmit().len();
-            p.a.advance_output(n);
+            p.a.advance_output(now, n);
             assert!(now < p.now + Duration::from_secs(60), "never timed out");
         }
         assert_eq!(p.a.termination().unwrap().code, ErrorCode::TIMEOUT);
@@ -2347,14 +2541,14 @@ mod tests {
     fn a_lost_hello_is_resent_until_answered() {
         let mut a = Mux::new(Config::new(Role::Client, 1), Instant::ZERO);
         let first = a.poll_transmit().len();
-        a.advance_output(first); // lost on the wire
+        a.advance_output(Instant::ZERO, first); // lost on the wire
         assert_eq!(a.poll_at(), Some(Instant::from_millis(1000)));
         a.handle_timeout(Instant::from_millis(1000));
         let again = a.poll_transmit().to_vec();
         assert_eq!(again.len(), first);
         let mut b = Mux::new(Config::new(Role::Server, 2), Instant::ZERO);
         let b_hello = b.poll_transmit().len();
-        b.advance_output(b_hello); // also lost
+        b.advance_output(Instant::ZERO, b_hello); // also lost
         b.handle_input(Instant::from_millis(1000), &again);
         let answer = b.poll_transmit().to_vec();
         a.handle_input(Instant::from_millis(1000), &answer);

@@ -1392,7 +1392,7 @@ impl Core {
             progress |= s.run_pumps(&mut buf, &mut self.busy);
             progress |= s.process_events();
             if s.writable {
-                progress |= s.flush();
+                progress |= s.flush(now);
                 while let Some(buf) = s.mux.take_spent() {
                     s.handle.pool().give(buf);
                 }
@@ -1490,7 +1490,7 @@ impl Core {
                     .goaway(ErrorCode::GOING_AWAY, "the event loop is shutting down");
                 s.process_events();
                 // Best effort: the final GOAWAY goes out if the link takes it now.
-                s.flush();
+                s.flush(self.clock.now());
                 s.process_events();
             }
             self.retire(sid);
@@ -1556,7 +1556,7 @@ impl SessionEntry {
     }
 
     /// Writes what the mux has built until the link would block; returns whether any was written.
-    fn flush(&mut self) -> bool {
+    fn flush(&mut self, now: crate::time::Instant) -> bool {
         let mut any = false;
         loop {
             let out = self.mux.poll_transmit();
@@ -1567,7 +1567,7 @@ impl SessionEntry {
                 Ok(0) => return any,
                 Ok(n) => {
                     any = true;
-                    self.mux.advance_output(n);
+                    self.mux.advance_output(now, n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.writable = false;

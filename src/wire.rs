@@ -35,7 +35,7 @@ mod field {
     pub const VERSION: usize = 2;
     pub const KIND: usize = 3;
     pub const FLAGS: Range<usize> = 4..6;
-    pub const RESERVED: Range<usize> = 6..8;
+    pub const SEQ: Range<usize> = 6..8;
     pub const STREAM: Range<usize> = 8..12;
     pub const LENGTH: Range<usize> = 12..16;
     pub const CRC: Range<usize> = 16..20;
@@ -107,6 +107,9 @@ pub enum Kind {
     Pong = 0x0A,
     /// Graceful or error shutdown of the session. Stream 0.
     GoAway = 0x0B,
+    /// Link-level acknowledgement when `RELIABLE` is in force: the next sequence number
+    /// expected, and with `RESEND`, a request to resend from there. Stream 0, never sequenced.
+    Ack = 0x0C,
 }
 
 impl Kind {
@@ -124,13 +127,17 @@ impl Kind {
             0x09 => Kind::Ping,
             0x0A => Kind::Pong,
             0x0B => Kind::GoAway,
+            0x0C => Kind::Ack,
             other => return Err(WireError::UnknownKind(other)),
         })
     }
 
     /// Whether frames of this kind belong to the session (stream id 0) rather than a stream.
     pub fn is_session_level(self) -> bool {
-        matches!(self, Kind::Hello | Kind::Ping | Kind::Pong | Kind::GoAway)
+        matches!(
+            self,
+            Kind::Hello | Kind::Ping | Kind::Pong | Kind::GoAway | Kind::Ack
+        )
     }
 
     /// The flags defined for this kind.
@@ -138,6 +145,7 @@ impl Kind {
         match self {
             Kind::Hello => Flags::REPLY,
             Kind::GoAway => Flags::DRAINED,
+            Kind::Ack => Flags::RESEND,
             _ => Flags::empty(),
         }
     }
@@ -156,6 +164,7 @@ impl Kind {
             Kind::Ping => "PING",
             Kind::Pong => "PONG",
             Kind::GoAway => "GOAWAY",
+            Kind::Ack => "ACK",
         }
     }
 }
@@ -174,6 +183,8 @@ bitflags::bitflags! {
         const REPLY = 0x0001;
         /// GOAWAY: the sender has no stream left and will open none: the session may end.
         const DRAINED = 0x0001;
+        /// ACK: frames from `next` on were lost; resend them.
+        const RESEND = 0x0001;
     }
 }
 
@@ -229,6 +240,11 @@ impl<T: AsRef<[u8]>> FrameHeader<T> {
         u16::from_le_bytes(array(&self.buffer.as_ref()[field::FLAGS]))
     }
 
+    /// The link sequence number, little-endian u16 (0 unless `RELIABLE` is in force).
+    pub fn seq(&self) -> u16 {
+        u16::from_le_bytes(array(&self.buffer.as_ref()[field::SEQ]))
+    }
+
     /// The stream id, little-endian u32.
     pub fn stream_id(&self) -> u32 {
         u32::from_le_bytes(array(&self.buffer.as_ref()[field::STREAM]))
@@ -261,7 +277,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> FrameHeader<T> {
         let b = self.buffer.as_mut();
         b[field::MAGIC].copy_from_slice(&MAGIC);
         b[field::VERSION] = VERSION;
-        b[field::RESERVED].copy_from_slice(&[0, 0]);
+        b[field::SEQ].copy_from_slice(&[0, 0]);
     }
 
     /// Writes the kind byte.
@@ -272,6 +288,11 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> FrameHeader<T> {
     /// Writes the flags.
     pub fn set_flags(&mut self, flags: u16) {
         self.buffer.as_mut()[field::FLAGS].copy_from_slice(&flags.to_le_bytes());
+    }
+
+    /// Writes the link sequence number (refill the CRC afterwards).
+    pub fn set_seq(&mut self, seq: u16) {
+        self.buffer.as_mut()[field::SEQ].copy_from_slice(&seq.to_le_bytes());
     }
 
     /// Writes the stream id.
@@ -373,6 +394,22 @@ pub fn emit_frame(
     }
 }
 
+/// Writes `seq` into the header of the frame that starts `frame`, and refills its CRC.
+pub fn stamp_seq(frame: &mut [u8], seq: u16) {
+    if frame.len() < HEADER_LEN {
+        return;
+    }
+    let mut view = FrameHeader::new_unchecked(&mut frame[..HEADER_LEN]);
+    view.set_seq(seq);
+    view.fill_crc();
+}
+
+/// Whether a frame of this kind is numbered and acknowledged when `RELIABLE` is in force:
+/// everything but HELLO (which starts the numbering) and ACK (which carries it).
+pub fn is_sequenced(kind: Kind) -> bool {
+    !matches!(kind, Kind::Hello | Kind::Ack)
+}
+
 /// Whether a frame of this kind carries a payload trailer, given the session's setting.
 /// HELLO always does: it is exchanged before the setting is known and must be verifiable.
 pub fn has_trailer(kind: Kind, payload_len: u32, session_payload_crc: bool) -> bool {
@@ -418,6 +455,9 @@ bitflags::bitflags! {
     pub struct Features: u32 {
         /// Every non-empty payload carries a CRC32C trailer. On if either side asks for it.
         const PAYLOAD_CRC = 0x0000_0001;
+        /// Link sequence numbers, ACK and retransmission (serial links). On only if both sides
+        /// ask for it; it implies `PAYLOAD_CRC`.
+        const RELIABLE = 0x0000_0002;
     }
 }
 
@@ -658,6 +698,37 @@ impl Credit {
     /// The payload bytes.
     pub fn to_bytes(self) -> [u8; 4] {
         self.limit.to_le_bytes()
+    }
+}
+
+/// The ACK payload: the next link sequence number the sender expects (every frame before it
+/// arrived intact and in order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    /// The next sequence number expected.
+    pub next: u16,
+}
+
+impl Ack {
+    /// Encoded length of the payload.
+    pub const LEN: usize = 2;
+
+    /// Parses an ACK payload.
+    pub fn parse(p: &[u8]) -> Result<Ack, WireError> {
+        if p.len() != Ack::LEN {
+            return Err(WireError::BadPayload {
+                kind: Kind::Ack,
+                reason: "must be 2 bytes",
+            });
+        }
+        Ok(Ack {
+            next: u16::from_le_bytes(array(p)),
+        })
+    }
+
+    /// The payload bytes.
+    pub fn to_bytes(self) -> [u8; 2] {
+        self.next.to_le_bytes()
     }
 }
 

@@ -72,6 +72,7 @@ fn expected(spec: &Spec) -> RawFrame {
         kind: spec.kind as u8,
         flags: spec.flags.bits(),
         stream: spec.stream,
+        seq: 0,
         payload: spec.payload.clone(),
     }
 }

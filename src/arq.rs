@@ -1,0 +1,470 @@
+//! Link-level retransmission for serial links, sans-I/O: sequence numbers, acknowledgements and a
+//! bounded retransmit buffer (go-back-N).
+//!
+//! A UART, a pty or a virtio-serial port can drop, insert or flip bytes. CRCs (header and payload)
+//! already make the decoder throw away every damaged frame and resynchronise, but a frame thrown
+//! away is lost. When both peers announce `RELIABLE` in HELLO, each side numbers every frame it
+//! sends after HELLO (except ACK) with a 16-bit sequence number in the header, keeps a copy until
+//! the peer acknowledges it, and sends it again when it was not. The receiver accepts only the
+//! next number it expects: a later one means something before it was lost, so it is dropped and
+//! the receiver asks for a resend (ACK with `RESEND`); an earlier one is a duplicate and is
+//! dropped. The mux above therefore sees exactly the frames the peer built, in order, once.
+//!
+//! - **Acknowledgement.** After input that contained sequenced frames, one ACK carries the next
+//!   number expected (cumulative). ACK is never numbered and never retransmitted: a lost ACK is
+//!   covered by the next one, or by the sender's timer.
+//! - **Resend request.** A gap makes the receiver send ACK|RESEND once per expected number, and
+//!   again only after a retransmission timeout if the gap persists (a lost request or a lost
+//!   resend). The sender answers by sending every unacknowledged frame again, oldest first.
+//! - **Timer.** Once everything built was written to the link and frames are still unacknowledged,
+//!   the retransmission timer runs; on expiry everything unacknowledged is sent again and the
+//!   timeout doubles (up to `max_rto`). The timeout follows the measured round trip (RFC 6298:
+//!   `srtt + 4 * rttvar`, at least `min_rto`), timing only frames sent once (Karn).
+//! - **Bound.** The retransmit buffer holds at most `limit` bytes (plus the frame that crossed it):
+//!   while it is full the mux builds no new sequenced frame, which is the backpressure.
+//!
+//! This module only keeps the numbers and the buffer; the mux decides which frames go through it.
+
+use crate::time::Instant;
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// Half the sequence space: a number this far ahead or more counts as behind (a duplicate).
+const HALF: u16 = 0x8000;
+
+/// Settings of the retransmission layer.
+#[derive(Debug, Clone, Copy)]
+pub struct ArqConfig {
+    /// Most bytes of unacknowledged frames kept for resending.
+    pub limit: usize,
+    /// Shortest retransmission timeout.
+    pub min_rto: Duration,
+    /// Longest retransmission timeout (after backoff).
+    pub max_rto: Duration,
+    /// Timeout before any round trip was measured.
+    pub initial_rto: Duration,
+}
+
+/// What an arriving sequenced frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// The next expected: deliver it.
+    InOrder,
+    /// Already delivered (a resend crossed an ACK): drop it.
+    Duplicate,
+    /// A frame before it was lost: drop it (a resend will bring it again).
+    Gap,
+}
+
+/// Counters of the retransmission layer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ArqStats {
+    /// Frames sent again (by resend request or timer).
+    pub retransmitted_frames: u64,
+    /// Bytes sent again.
+    pub retransmitted_bytes: u64,
+    /// Retransmission timer expiries.
+    pub timeouts: u64,
+    /// Resend requests received from the peer.
+    pub resend_requests: u64,
+    /// Resend requests sent to the peer.
+    pub resends_asked: u64,
+    /// Frames dropped because one before them was lost.
+    pub out_of_order: u64,
+    /// Frames dropped because they had already been delivered.
+    pub duplicates: u64,
+    /// ACK frames built.
+    pub acks_sent: u64,
+    /// ACKs naming a number this side never sent (ignored).
+    pub bad_acks: u64,
+}
+
+/// One direction's sender state and the other direction's receiver state.
+#[derive(Debug)]
+pub struct Arq {
+    config: ArqConfig,
+    /// Number of the next new frame.
+    tx_next: u16,
+    /// Unacknowledged frames, oldest first, back to back.
+    retx: VecDeque<u8>,
+    /// Length of each frame in `retx`; the oldest has number `tx_next - lens.len()`.
+    lens: VecDeque<usize>,
+    /// When the retransmission timer fires, if it runs.
+    deadline: Option<Instant>,
+    /// The frame being timed for a round-trip sample: (number, written at).
+    timing: Option<(u16, Instant)>,
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    /// Consecutive expiries without progress.
+    backoff: u32,
+    /// Number of the next frame expected from the peer.
+    rx_next: u16,
+    ack_due: bool,
+    resend_due: bool,
+    /// The last resend request: (number asked for, when).
+    last_request: Option<(u16, Instant)>,
+    stats: ArqStats,
+}
+
+impl Arq {
+    /// A fresh link: both directions start at number 0.
+    pub fn new(config: ArqConfig) -> Arq {
+        Arq {
+            config,
+            tx_next: 0,
+            retx: VecDeque::new(),
+            lens: VecDeque::new(),
+            deadline: None,
+            timing: None,
+            srtt: None,
+            rttvar: Duration::ZERO,
+            backoff: 0,
+            rx_next: 0,
+            ack_due: false,
+            resend_due: false,
+            last_request: None,
+            stats: ArqStats::default(),
+        }
+    }
+
+    /// Forgets both directions (the peer restarted); counters are kept.
+    pub fn reset(&mut self) {
+        let stats = self.stats;
+        *self = Arq::new(self.config);
+        self.stats = stats;
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> ArqStats {
+        self.stats
+    }
+
+    /// Bytes held for resending.
+    pub fn buffered(&self) -> usize {
+        self.retx.len()
+    }
+
+    /// Frames sent and not yet acknowledged.
+    pub fn unacked(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Whether a new sequenced frame may be built (the retransmit buffer is not full).
+    pub fn has_room(&self) -> bool {
+        // Half the number space is the hard limit of go-back-N with 16-bit numbers.
+        self.retx.len() < self.config.limit && self.lens.len() < usize::from(HALF) - 1
+    }
+
+    /// The current retransmission timeout, backoff included.
+    pub fn rto(&self) -> Duration {
+        let base = match self.srtt {
+            Some(srtt) => srtt + (self.rttvar * 4).max(Duration::from_millis(1)),
+            None => self.config.initial_rto,
+        };
+        let base = base.clamp(self.config.min_rto, self.config.max_rto);
+        base.saturating_mul(1 << self.backoff.min(16))
+            .min(self.config.max_rto)
+    }
+
+    /// When [`Arq::on_timeout`] must run, if the timer runs.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Numbers the frame that fills `frame` (header first) and keeps a copy for resending.
+    pub fn sequence(&mut self, frame: &mut [u8]) {
+        crate::wire::stamp_seq(frame, self.tx_next);
+        self.tx_next = self.tx_next.wrapping_add(1);
+        self.retx.extend(frame.iter());
+        self.lens.push_back(frame.len());
+    }
+
+    /// Everything built so far was written to the link: start the timer if frames wait for an ACK.
+    pub fn on_output_drained(&mut self, now: Instant) {
+        if self.lens.is_empty() {
+            return;
+        }
+        if self.deadline.is_none() {
+            self.deadline = Some(now + self.rto());
+        }
+        if self.timing.is_none() {
+            self.timing = Some((self.tx_next.wrapping_sub(1), now));
+        }
+    }
+
+    /// Classifies an arriving sequenced frame; only [`Arrival::InOrder`] may be delivered.
+    pub fn on_arrival(&mut self, seq: u16, now: Instant) -> Arrival {
+        let ahead = seq.wrapping_sub(self.rx_next);
+        self.ack_due = true;
+        if ahead == 0 {
+            self.rx_next = self.rx_next.wrapping_add(1);
+            return Arrival::InOrder;
+        }
+        if ahead >= HALF {
+            self.stats.duplicates += 1;
+            return Arrival::Duplicate;
+        }
+        self.stats.out_of_order += 1;
+        let ask = match self.last_request {
+            Some((asked, at)) => asked != self.rx_next || now >= at + self.rto(),
+            None => true,
+        };
+        if ask {
+            self.resend_due = true;
+            self.last_request = Some((self.rx_next, now));
+        }
+        Arrival::Gap
+    }
+
+    /// Whether an ACK is waiting to be built.
+    pub fn ack_due(&self) -> bool {
+        self.ack_due
+    }
+
+    /// The ACK to build now, if one is due: (next expected, resend request).
+    pub fn take_ack(&mut self) -> Option<(u16, bool)> {
+        if !self.ack_due {
+            return None;
+        }
+        self.ack_due = false;
+        self.stats.acks_sent += 1;
+        let resend = std::mem::take(&mut self.resend_due);
+        if resend {
+            self.stats.resends_asked += 1;
+        }
+        Some((self.rx_next, resend))
+    }
+
+    /// Handles the peer's ACK: frees what it acknowledges, and with `resend` appends every frame
+    /// still unacknowledged to `out`. Returns whether anything was acknowledged.
+    pub fn on_ack(&mut self, next: u16, resend: bool, now: Instant, out: &mut Vec<u8>) -> bool {
+        let oldest = self.tx_next.wrapping_sub(self.lens.len() as u16);
+        let acked = usize::from(next.wrapping_sub(oldest));
+        if acked > self.lens.len() {
+            self.stats.bad_acks += 1;
+            return false;
+        }
+        if acked > 0 {
+            let bytes: usize = self.lens.drain(..acked).sum();
+            self.retx.drain(..bytes);
+            if let Some((timed, sent)) = self.timing {
+                if usize::from(timed.wrapping_sub(oldest)) < acked {
+                    self.sample(now.saturating_since(sent));
+                    self.timing = None;
+                }
+            }
+            self.backoff = 0;
+            self.deadline = if self.lens.is_empty() {
+                None
+            } else {
+                Some(now + self.rto())
+            };
+        }
+        if resend && !self.lens.is_empty() {
+            self.stats.resend_requests += 1;
+            self.retransmit(out);
+        }
+        acked > 0
+    }
+
+    /// Runs the timer: on expiry, appends every unacknowledged frame to `out` and backs off.
+    /// Returns whether it expired.
+    pub fn on_timeout(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
+        match self.deadline {
+            Some(at) if now >= at => {}
+            _ => return false,
+        }
+        self.stats.timeouts += 1;
+        self.backoff = self.backoff.saturating_add(1);
+        self.retransmit(out);
+        true
+    }
+
+    fn retransmit(&mut self, out: &mut Vec<u8>) {
+        let (a, b) = self.retx.as_slices();
+        out.extend_from_slice(a);
+        out.extend_from_slice(b);
+        self.stats.retransmitted_frames += self.lens.len() as u64;
+        self.stats.retransmitted_bytes += self.retx.len() as u64;
+        // Karn: a resent frame's ACK says nothing about the round trip. The timer restarts once
+        // the resend was written.
+        self.timing = None;
+        self.deadline = None;
+    }
+
+    /// RFC 6298 smoothing of one round-trip sample.
+    fn sample(&mut self, rtt: Duration) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(rtt);
+                self.rttvar = rtt / 2;
+            }
+            Some(srtt) => {
+                let diff = srtt.abs_diff(rtt);
+                self.rttvar = (self.rttvar * 3 + diff) / 4;
+                self.srtt = Some((srtt * 7 + rtt) / 8);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{self, Flags, Kind};
+
+    fn config() -> ArqConfig {
+        ArqConfig {
+            limit: 1024,
+            min_rto: Duration::from_millis(100),
+            max_rto: Duration::from_secs(8),
+            initial_rto: Duration::from_secs(1),
+        }
+    }
+
+    fn frame(stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        wire::emit_frame(&mut out, Kind::Data, Flags::empty(), stream, payload, true);
+        out
+    }
+
+    fn seq_of(frame: &[u8]) -> u16 {
+        wire::FrameHeader::new_unchecked(frame).seq()
+    }
+
+    #[test]
+    fn numbers_frames_and_keeps_their_crc_valid() {
+        let mut arq = Arq::new(config());
+        for expected in 0..3u16 {
+            let mut f = frame(1, b"abc");
+            arq.sequence(&mut f);
+            let view = wire::FrameHeader::new_unchecked(&f[..]);
+            assert_eq!(view.seq(), expected);
+            assert!(view.is_intact());
+        }
+        assert_eq!(arq.unacked(), 3);
+    }
+
+    #[test]
+    fn an_ack_frees_exactly_the_acknowledged_frames() {
+        let mut arq = Arq::new(config());
+        let frames: Vec<Vec<u8>> = (0..4)
+            .map(|i| {
+                let mut f = frame(1, &[i; 10]);
+                arq.sequence(&mut f);
+                f
+            })
+            .collect();
+        let mut out = Vec::new();
+        assert!(arq.on_ack(2, false, Instant::ZERO, &mut out));
+        assert_eq!(arq.unacked(), 2);
+        assert!(out.is_empty());
+        // A resend request brings back frames 2 and 3, byte for byte.
+        assert!(!arq.on_ack(2, true, Instant::ZERO, &mut out));
+        assert_eq!(out, [frames[2].clone(), frames[3].clone()].concat());
+        assert_eq!(arq.stats().retransmitted_frames, 2);
+    }
+
+    #[test]
+    fn an_ack_for_a_number_never_sent_is_ignored() {
+        let mut arq = Arq::new(config());
+        let mut f = frame(1, b"x");
+        arq.sequence(&mut f);
+        let mut out = Vec::new();
+        assert!(!arq.on_ack(5, true, Instant::ZERO, &mut out));
+        assert_eq!(arq.unacked(), 1);
+        assert!(out.is_empty());
+        assert_eq!(arq.stats().bad_acks, 1);
+    }
+
+    #[test]
+    fn the_receiver_accepts_in_order_and_asks_once_per_gap() {
+        let mut rx = Arq::new(config());
+        let t = Instant::ZERO;
+        assert_eq!(rx.on_arrival(0, t), Arrival::InOrder);
+        assert_eq!(rx.take_ack(), Some((1, false)));
+        // Frame 1 lost: 2 and 3 are a gap; one resend request only.
+        assert_eq!(rx.on_arrival(2, t), Arrival::Gap);
+        assert_eq!(rx.on_arrival(3, t), Arrival::Gap);
+        assert_eq!(rx.take_ack(), Some((1, true)));
+        assert_eq!(rx.on_arrival(4, t), Arrival::Gap);
+        assert_eq!(rx.take_ack(), Some((1, false)));
+        // After a timeout's worth of time with the gap still open, ask again.
+        let later = t + Duration::from_secs(2);
+        assert_eq!(rx.on_arrival(5, later), Arrival::Gap);
+        assert_eq!(rx.take_ack(), Some((1, true)));
+        // The resend arrives; an old copy after it is a duplicate.
+        assert_eq!(rx.on_arrival(1, later), Arrival::InOrder);
+        assert_eq!(rx.on_arrival(0, later), Arrival::Duplicate);
+        assert_eq!(rx.take_ack(), Some((2, false)));
+        assert_eq!(rx.take_ack(), None);
+    }
+
+    #[test]
+    fn numbers_wrap_around() {
+        let mut tx = Arq::new(config());
+        let mut rx = Arq::new(config());
+        let mut out = Vec::new();
+        for i in 0..70_000u32 {
+            let mut f = frame(1, &i.to_le_bytes());
+            tx.sequence(&mut f);
+            assert_eq!(rx.on_arrival(seq_of(&f), Instant::ZERO), Arrival::InOrder);
+            let (next, resend) = rx.take_ack().expect("ack due");
+            tx.on_ack(next, resend, Instant::ZERO, &mut out);
+            assert_eq!(tx.unacked(), 0);
+        }
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn the_timer_runs_only_after_output_drained_and_backs_off() {
+        let mut arq = Arq::new(config());
+        let mut f = frame(1, b"x");
+        arq.sequence(&mut f);
+        assert_eq!(arq.deadline(), None);
+        let t0 = Instant::from_millis(10);
+        arq.on_output_drained(t0);
+        assert_eq!(arq.deadline(), Some(t0 + Duration::from_secs(1)));
+        let mut out = Vec::new();
+        assert!(!arq.on_timeout(t0, &mut out));
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(arq.on_timeout(t1, &mut out));
+        assert_eq!(out, f);
+        assert_eq!(arq.deadline(), None);
+        arq.on_output_drained(t1);
+        assert_eq!(arq.deadline(), Some(t1 + Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn the_timeout_follows_the_measured_round_trip() {
+        let mut arq = Arq::new(config());
+        let mut out = Vec::new();
+        let mut now = Instant::ZERO;
+        for _ in 0..20 {
+            let mut f = frame(1, b"x");
+            arq.sequence(&mut f);
+            arq.on_output_drained(now);
+            now = now + Duration::from_millis(300);
+            let next = arq.tx_next;
+            arq.on_ack(next, false, now, &mut out);
+        }
+        let rto = arq.rto();
+        assert!(
+            rto >= Duration::from_millis(300) && rto < Duration::from_millis(400),
+            "{rto:?}"
+        );
+    }
+
+    #[test]
+    fn the_buffer_is_bounded() {
+        let mut arq = Arq::new(config());
+        let mut built = 0;
+        while arq.has_room() {
+            let mut f = frame(1, &[0; 100]);
+            arq.sequence(&mut f);
+            built += 1;
+        }
+        assert_eq!(built, 1024usize.div_ceil(frame(1, &[0; 100]).len()));
+        assert!(arq.buffered() < 1024 + 200);
+    }
+}
