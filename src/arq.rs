@@ -20,8 +20,15 @@
 //!   the retransmission timer runs; on expiry everything unacknowledged is sent again and the
 //!   timeout doubles (up to `max_rto`). The timeout follows the measured round trip (RFC 6298:
 //!   `srtt + 4 * rttvar`, at least `min_rto`), timing only frames sent once (Karn).
+//! - **Window.** Bytes in flight are limited by a loss-adaptive window (AIMD, as TCP's congestion
+//!   window): it halves once per loss event (a resend request or an expiry) and grows by about
+//!   one frame per window of acknowledged bytes, between one frame and `limit`. On a clean link it
+//!   sits at `limit`; on a very noisy one it shrinks until frames get through, so a resend of
+//!   "everything unacknowledged" stays small (go-back-N with a fixed large window livelocks).
+//!   A resend is paced by the same window: frames go again, oldest first, as ACKs make room.
 //! - **Bound.** The retransmit buffer holds at most `limit` bytes (plus the frame that crossed it):
-//!   while it is full the mux builds no new sequenced frame, which is the backpressure.
+//!   while it is full, or frames wait to be resent, the mux builds no new sequenced frame, which
+//!   is the backpressure.
 //!
 //! This module only keeps the numbers and the buffer; the mux decides which frames go through it.
 
@@ -31,6 +38,8 @@ use std::time::Duration;
 
 /// Half the sequence space: a number this far ahead or more counts as behind (a duplicate).
 const HALF: u16 = 0x8000;
+/// The smallest window, and the growth step per window of acknowledged bytes.
+const MIN_WINDOW: usize = 4 << 10;
 
 /// Settings of the retransmission layer.
 #[derive(Debug, Clone, Copy)]
@@ -89,6 +98,15 @@ pub struct Arq {
     retx: VecDeque<u8>,
     /// Length of each frame in `retx`; the oldest has number `tx_next - lens.len()`.
     lens: VecDeque<usize>,
+    /// How many of the oldest frames are on the wire (sent, or resent in this round); the rest
+    /// wait to be resent.
+    in_flight: usize,
+    /// Their bytes.
+    in_flight_bytes: usize,
+    /// The loss-adaptive limit on `in_flight_bytes`.
+    window: usize,
+    /// Until an ACK reaches this number, a further loss is part of the same event.
+    recover_until: Option<u16>,
     /// When the retransmission timer fires, if it runs.
     deadline: Option<Instant>,
     /// The frame being timed for a round-trip sample: (number, written at).
@@ -114,6 +132,10 @@ impl Arq {
             tx_next: 0,
             retx: VecDeque::new(),
             lens: VecDeque::new(),
+            in_flight: 0,
+            in_flight_bytes: 0,
+            window: config.limit.max(MIN_WINDOW),
+            recover_until: None,
             deadline: None,
             timing: None,
             srtt: None,
@@ -149,10 +171,38 @@ impl Arq {
         self.lens.len()
     }
 
-    /// Whether a new sequenced frame may be built (the retransmit buffer is not full).
+    /// Whether a new sequenced frame may be built: nothing waits to be resent, the window has
+    /// room and the retransmit buffer is not full.
     pub fn has_room(&self) -> bool {
         // Half the number space is the hard limit of go-back-N with 16-bit numbers.
-        self.retx.len() < self.config.limit && self.lens.len() < usize::from(HALF) - 1
+        self.in_flight == self.lens.len()
+            && self.in_flight_bytes < self.window
+            && self.retx.len() < self.config.limit
+            && self.lens.len() < usize::from(HALF) - 1
+    }
+
+    /// Whether frames wait to be resent and the window lets one go now.
+    pub fn resend_ready(&self) -> bool {
+        self.in_flight < self.lens.len()
+            && (self.in_flight == 0 || self.in_flight_bytes < self.window)
+    }
+
+    /// The current loss-adaptive window, in bytes.
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
+    /// Appends frames waiting to be resent to `out`, oldest first, as far as the window allows.
+    pub fn poll_resend(&mut self, out: &mut Vec<u8>) {
+        while self.resend_ready() {
+            let len = self.lens[self.in_flight];
+            let start = self.in_flight_bytes;
+            out.extend(self.retx.range(start..start + len));
+            self.in_flight += 1;
+            self.in_flight_bytes += len;
+            self.stats.retransmitted_frames += 1;
+            self.stats.retransmitted_bytes += len as u64;
+        }
     }
 
     /// The current retransmission timeout, backoff included.
@@ -175,6 +225,13 @@ impl Arq {
     pub fn sequence(&mut self, frame: &mut [u8]) {
         crate::wire::stamp_seq(frame, self.tx_next);
         self.tx_next = self.tx_next.wrapping_add(1);
+        if self.in_flight == self.lens.len() {
+            self.in_flight += 1;
+            self.in_flight_bytes += frame.len();
+        }
+        // Otherwise older frames wait to be resent (a frame the mux had to build at once, like
+        // a last GOAWAY): this copy goes out of order and the receiver drops it; it is resent
+        // in its turn.
         self.retx.extend(frame.iter());
         self.lens.push_back(frame.len());
     }
@@ -247,6 +304,23 @@ impl Arq {
         if acked > 0 {
             let bytes: usize = self.lens.drain(..acked).sum();
             self.retx.drain(..bytes);
+            if acked >= self.in_flight {
+                // Copies sent before a resend round arrived after all: those are done too.
+                self.in_flight = 0;
+                self.in_flight_bytes = 0;
+            } else {
+                self.in_flight -= acked;
+                self.in_flight_bytes -= bytes;
+            }
+            if self
+                .recover_until
+                .is_some_and(|until| until.wrapping_sub(oldest) as usize <= acked)
+            {
+                self.recover_until = None;
+            }
+            // Additive increase: about one MIN_WINDOW per window of acknowledged bytes.
+            let grow = (bytes * MIN_WINDOW / self.window.max(1)).max(1);
+            self.window = (self.window + grow).min(self.config.limit.max(MIN_WINDOW));
             if let Some((timed, sent)) = self.timing {
                 if usize::from(timed.wrapping_sub(oldest)) < acked {
                     self.sample(now.saturating_since(sent));
@@ -262,9 +336,19 @@ impl Arq {
         }
         if resend && !self.lens.is_empty() {
             self.stats.resend_requests += 1;
+            self.loss();
             self.retransmit(out);
         }
         acked > 0
+    }
+
+    /// A loss event: halve the window once per round of frames in flight.
+    fn loss(&mut self) {
+        if self.recover_until.is_some() {
+            return;
+        }
+        self.window = (self.window / 2).max(MIN_WINDOW);
+        self.recover_until = Some(self.tx_next);
     }
 
     /// Runs the timer: on expiry, appends every unacknowledged frame to `out` and backs off.
@@ -276,16 +360,17 @@ impl Arq {
         }
         self.stats.timeouts += 1;
         self.backoff = self.backoff.saturating_add(1);
+        self.recover_until = None;
+        self.loss();
         self.retransmit(out);
         true
     }
 
+    /// Starts a resend round: every unacknowledged frame goes again, paced by the window.
     fn retransmit(&mut self, out: &mut Vec<u8>) {
-        let (a, b) = self.retx.as_slices();
-        out.extend_from_slice(a);
-        out.extend_from_slice(b);
-        self.stats.retransmitted_frames += self.lens.len() as u64;
-        self.stats.retransmitted_bytes += self.retx.len() as u64;
+        self.in_flight = 0;
+        self.in_flight_bytes = 0;
+        self.poll_resend(out);
         // Karn: a resent frame's ACK says nothing about the round trip. The timer restarts once
         // the resend was written.
         self.timing = None;
@@ -453,6 +538,47 @@ mod tests {
             rto >= Duration::from_millis(300) && rto < Duration::from_millis(400),
             "{rto:?}"
         );
+    }
+
+    #[test]
+    fn a_loss_halves_the_window_and_paces_the_resend() {
+        let mut arq = Arq::new(ArqConfig {
+            limit: 64 << 10,
+            ..config()
+        });
+        let mut built = 0;
+        while arq.has_room() {
+            let mut f = frame(1, &[7; 4000]);
+            arq.sequence(&mut f);
+            built += 1;
+        }
+        assert_eq!(arq.window(), 64 << 10);
+        let mut out = Vec::new();
+        // Frame 0 lost: the resend goes out half a window at a time.
+        arq.on_ack(0, true, Instant::ZERO, &mut out);
+        assert_eq!(arq.window(), 32 << 10);
+        let first_round = out.len();
+        assert!(
+            first_round >= 32 << 10 && first_round < (32 << 10) + 4100,
+            "{first_round}"
+        );
+        assert!(
+            !arq.has_room(),
+            "no new frame while old ones wait to be resent"
+        );
+        // A second request in the same loss event does not halve again.
+        arq.on_ack(0, true, Instant::ZERO, &mut out);
+        assert_eq!(arq.window(), 32 << 10);
+        // ACKs make room: the rest of the resend follows, then new frames may go.
+        let mut next = 0u16;
+        while arq.unacked() > 0 {
+            next += 1;
+            arq.on_ack(next, false, Instant::ZERO, &mut out);
+            arq.poll_resend(&mut out);
+        }
+        assert_eq!(usize::from(next), built);
+        assert!(arq.has_room());
+        assert!(arq.window() > 32 << 10, "the window grows again");
     }
 
     #[test]

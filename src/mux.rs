@@ -873,7 +873,7 @@ impl Mux {
     /// Whether output is waiting or could be built now.
     pub fn wants_to_write(&self) -> bool {
         if self.out_pos < self.out.len()
-            || (self.live_reliable() && self.arq.ack_due())
+            || (self.live_reliable() && (self.arq.ack_due() || self.arq.resend_ready()))
             || self
                 .control
                 .iter()
@@ -1819,6 +1819,9 @@ impl Mux {
             return;
         }
         self.emit_ack();
+        if self.live_reliable() {
+            self.arq.poll_resend(&mut self.out);
+        }
         if !self.seq_room() {
             return;
         }
