@@ -559,7 +559,7 @@ mod tests {
         assert_eq!(arq.window(), 32 << 10);
         let first_round = out.len();
         assert!(
-            first_round >= 32 << 10 && first_round < (32 << 10) + 4100,
+            ((32 << 10)..(32 << 10) + 4100).contains(&first_round),
             "{first_round}"
         );
         assert!(
