@@ -39,7 +39,7 @@ use std::time::Duration;
 /// Half the sequence space: a number this far ahead or more counts as behind (a duplicate).
 const HALF: u16 = 0x8000;
 /// The smallest window, and the growth step per window of acknowledged bytes.
-const MIN_WINDOW: usize = 4 << 10;
+const MIN_WINDOW: usize = 16 << 10;
 
 /// Settings of the retransmission layer.
 #[derive(Debug, Clone, Copy)]

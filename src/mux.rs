@@ -114,7 +114,7 @@ impl Config {
             payload_crc: false,
             reliable: false,
             retransmit_limit: 256 << 10,
-            min_rto: Duration::from_millis(100),
+            min_rto: Duration::from_millis(20),
             keepalive_interval: Some(Duration::from_secs(15)),
             keepalive_timeout: Duration::from_secs(30),
             hello_retry: Duration::from_secs(1),

@@ -35,7 +35,7 @@ fn spawn<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> thread::J
 }
 
 /// Writes `len` bytes in `CHUNK` writes.
-fn write_n(mut w: impl Write, len: u64) {
+pub fn write_n(mut w: impl Write, len: u64) {
     write_n_ref(&mut w, len)
 }
 
@@ -51,7 +51,7 @@ fn write_n_ref(w: &mut impl Write, len: u64) {
 }
 
 /// Reads to EOF with a `buf_len` buffer; returns the byte count.
-fn read_all(r: impl Read, buf_len: usize) -> u64 {
+pub fn read_all(r: impl Read, buf_len: usize) -> u64 {
     read_upto(r, buf_len, u64::MAX)
 }
 

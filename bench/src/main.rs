@@ -13,6 +13,7 @@
 mod cases;
 mod footprint;
 mod measure;
+mod noisy;
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -27,6 +28,8 @@ benches (default: all):
   latency      64-byte ping-pong round trips, pinned to CPU 0: raw, vmux, yamux
   pty          raw pty pair vs vmux over a pty (Config::serial and Config::new)
   footprint    agent binary size and idle RSS, idle client memory, per-stream memory
+  noisy        a serial link that flips, drops and inserts bytes: retransmission's cost at
+               several fault rates, against a raw copy through the same relay (default 32M)
   all          every bench above
 
 options:
@@ -98,6 +101,10 @@ fn main() {
     }
     if all || opts.bench == "pty" {
         pty(&opts);
+        ran = true;
+    }
+    if all || opts.bench == "noisy" {
+        noisy::run(opts.size.unwrap_or(32 << 20), opts.reps.min(3));
         ran = true;
     }
     if all || opts.bench == "footprint" {
