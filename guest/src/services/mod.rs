@@ -1,11 +1,13 @@
-//! The agent's services (`info`, `exec`, `exec.io`, `copy`, `copy.data`, `forward`,
-//! `shutdown`; messages in [`vmux::service`]) served by ONE thread for every session.
+//! The agent's services (`info`, `exec`, `exec.io`, `exec.attach`, `exec.list`, `copy`,
+//! `copy.data`, `forward`, `shutdown`; messages in [`vmux::service`]) served by ONE thread for
+//! every session.
 //!
 //! [`run`] is a `crossbeam_channel` select loop over: new sessions (from the reactor's listeners
 //! and ports), the incoming streams of every live session (one receiver each, selected
 //! dynamically), events of control streams accepted as channels (`exec`, `copy`, `shutdown`),
 //! the ends of pumps (stdio, file data and forwards move inside the reactor thread, never here),
-//! and child exits. No thread is started per stream or per process.
+//! and child exits. No thread is started per stream or per process, except for the outputs of
+//! detachable execs, which must be read while no stream exists (see `exec` and `ring`).
 //!
 //! Children are collected with `waitpid(-1)` ([`crate::reaper::reap`]) on this thread only,
 //! when a child event arrives (the signalfd watcher in [`crate::serve`]) and every
@@ -15,6 +17,7 @@
 
 mod copy;
 mod exec;
+mod ring;
 mod sys;
 
 use crate::reaper::{self, ChildStatus};
@@ -69,6 +72,8 @@ enum ChannelOwner {
 enum PumpOwner {
     /// Stdout or stderr of an exec: its Exit waits for this.
     ExecOutput(u64),
+    /// Stdout or stderr of a detachable exec, sent from its ring by a sender thread.
+    RingOutput { id: u64, fd: u8, generation: u64 },
     /// Stdin of an exec.
     ExecInput,
     /// The data of a copy.
@@ -273,6 +278,12 @@ impl ServiceLoop {
             service::INFO => serve_info(session, incoming),
             service::EXEC => self.execs.open(&mut self.ctx, incoming),
             service::EXEC_IO => self.execs.open_io(&mut self.ctx, incoming),
+            service::EXEC_ATTACH => self.execs.attach(&mut self.ctx, incoming),
+            service::EXEC_LIST => {
+                if let Err(e) = incoming.accept(&self.execs.list().encode()) {
+                    log::debug!("exec.list: {e}");
+                }
+            }
             service::COPY => self.copies.open(&mut self.ctx, incoming),
             service::COPY_DATA => self.copies.open_data(&mut self.ctx, incoming),
             service::FORWARD => serve_forward(&mut self.ctx, incoming),
@@ -293,7 +304,7 @@ impl ServiceLoop {
             self.ctx.channels.remove(&key);
         }
         match owner {
-            ChannelOwner::Exec(id) => self.execs.control_event(id, ev.kind),
+            ChannelOwner::Exec(id) => self.execs.control_event(id, key, ev.kind),
             ChannelOwner::Copy(id) => self.copies.control_event(id, ev.kind),
             ChannelOwner::Shutdown { reboot } => match ev.kind {
                 ChannelEventKind::PeerClosed | ChannelEventKind::Ended(Ok(())) => {
@@ -329,6 +340,10 @@ impl ServiceLoop {
         }
         match owner {
             PumpOwner::ExecOutput(id) => self.execs.output_done(id),
+            PumpOwner::RingOutput { id, fd, generation } => {
+                let ok = done.result.is_ok();
+                self.execs.ring_output_done(id, fd, generation, ok)
+            }
             PumpOwner::ExecInput | PumpOwner::Forward => {}
             PumpOwner::CopyData(id) => self.copies.data_done(id, done),
         }
