@@ -932,6 +932,7 @@ mod tests {
                     uid: Some(0),
                     gid: Some(5),
                     argv: vec!["bash".into()],
+                    ..ExecArgs::default()
                 }),
             ),
             (
@@ -1028,6 +1029,44 @@ mod tests {
     }
 
     #[test]
+    fn detach_flags_attach_and_ps_parse() {
+        let Command::Exec(a) = cmd(&[
+            "exec",
+            "--detachable",
+            "--ring",
+            "4096",
+            "--print-id",
+            "--id-file",
+            "/tmp/id",
+            "seq",
+            "--ring",
+        ]) else {
+            panic!("not exec");
+        };
+        assert!(a.detachable && a.print_id);
+        assert_eq!(a.ring, 4096);
+        assert_eq!(a.id_file, Some(PathBuf::from("/tmp/id")));
+        assert_eq!(a.argv, ["seq", "--ring"]);
+        assert_eq!(
+            cmd(&["attach", "--stdout-offset", "10", "7", "--stderr-offset=2"]),
+            Command::Attach(AttachArgs {
+                id: 7,
+                stdout_offset: Some(10),
+                stderr_offset: Some(2),
+            })
+        );
+        assert_eq!(
+            cmd(&["attach", "3"]),
+            Command::Attach(AttachArgs {
+                id: 3,
+                ..AttachArgs::default()
+            })
+        );
+        assert_eq!(cmd(&["ps"]), Command::Ps);
+        assert_eq!(cmd(&["attach", "--help"]), Command::Help(HELP_ATTACH));
+    }
+
+    #[test]
     fn bad_command_lines_say_what_is_wrong() {
         let table: &[(&[&str], &str)] = &[
             (&[], "missing command"),
@@ -1054,6 +1093,15 @@ mod tests {
                 "doctor takes the address as an operand",
             ),
             (&["info", "extra"], "unexpected argument 'extra'"),
+            (&["attach"], "missing the exec id"),
+            (&["attach", "x1"], "the exec id is a number, not 'x1'"),
+            (
+                &["attach", "--stdout-offset", "-3", "1"],
+                "takes a byte offset",
+            ),
+            (&["attach", "1", "2"], "unexpected argument '2'"),
+            (&["exec", "--ring", "1M", "ls"], "--ring takes a byte count"),
+            (&["ps", "x"], "unexpected argument 'x'"),
         ];
         for (args, want) in table {
             let got = err(args);
