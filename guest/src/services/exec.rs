@@ -429,13 +429,14 @@ impl Execs {
         }))
     }
 
-    /// A ring sender of exec `id` ended (`fd` 1 or 2, of attachment `generation`).
-    pub fn ring_output_done(&mut self, id: u64, fd: u8, generation: u64, ok: bool) {
+    /// A ring sender ended (see [`ring::send`]).
+    pub fn ring_output_done(&mut self, done: ring::SenderDone) {
+        let id = done.exec_id;
         let Some(d) = self.by_id.get_mut(&id).and_then(|e| e.detached.as_mut()) else {
             return;
         };
-        let i = usize::from(fd - 1);
-        if ok && d.opened[i] == Some(generation) {
+        let i = usize::from(done.fd - 1);
+        if done.delivered && d.opened[i] == Some(done.generation) {
             d.delivered[i] = true;
         }
         self.maybe_finish(id);
@@ -569,14 +570,10 @@ fn open_ring_output(ctx: &mut Ctx, id: u64, exec: &mut Exec, fd: u8, incoming: I
         let message = format!("exec.io {id} fd {fd}: already open");
         return reject(incoming, ErrorCode::REFUSED, &message);
     }
-    let start = match ring.check(None, "") {
-        Ok(start) => start,
-        Err(_) => ring.produced(),
-    };
-    // The attachment's generation is bound now: an earlier sender stops here.
-    let generation = ring.rebind(start);
-    let key = (incoming.session_id(), incoming.id());
-    let (session, stream_id) = key;
+    // The attachment starts at the ring's oldest byte: `exec.attach` dropped what the consumer
+    // had, and acks on this attachment only cover bytes taken by a sender of it. Binding the
+    // generation now stops any earlier sender.
+    let (start, generation) = ring.bind_sender();
     let stream = match incoming.accept(&[]) {
         Ok(s) => s,
         Err(e) => return log::debug!("exec.io {id}: {e}"),
@@ -586,19 +583,15 @@ fn open_ring_output(ctx: &mut Ctx, id: u64, exec: &mut Exec, fd: u8, incoming: I
         generation,
         start,
         stream,
-        session,
-        stream_id,
-        done: ctx.pump_tx.clone(),
+        exec_id: id,
+        fd,
+        done: ctx.ring_tx.clone(),
     };
     let spawned = std::thread::Builder::new()
         .name(format!("exec-send-{fd}"))
         .spawn(move || ring::send(job));
     match spawned {
-        Ok(_) => {
-            d.opened[i] = Some(generation);
-            ctx.pumps
-                .insert(key, PumpOwner::RingOutput { id, fd, generation });
-        }
+        Ok(_) => d.opened[i] = Some(generation),
         Err(e) => log::warn!("exec.io {id}: cannot start a sender: {e}"),
     }
 }

@@ -72,8 +72,6 @@ enum ChannelOwner {
 enum PumpOwner {
     /// Stdout or stderr of an exec: its Exit waits for this.
     ExecOutput(u64),
-    /// Stdout or stderr of a detachable exec, sent from its ring by a sender thread.
-    RingOutput { id: u64, fd: u8, generation: u64 },
     /// Stdin of an exec.
     ExecInput,
     /// The data of a copy.
@@ -86,6 +84,8 @@ enum PumpOwner {
 struct Ctx {
     channel_tx: Sender<ChannelEvent>,
     pump_tx: Sender<PumpDone>,
+    /// Where the senders of detachable execs' rings report their end.
+    ring_tx: Sender<ring::SenderDone>,
     channels: HashMap<Key, ChannelOwner>,
     pumps: HashMap<Key, PumpOwner>,
     next_id: u64,
@@ -129,6 +129,7 @@ enum Input {
     SessionEnded(usize),
     Channel(ChannelEvent),
     Pump(PumpDone),
+    Ring(ring::SenderDone),
     Children,
 }
 
@@ -137,6 +138,7 @@ struct ServiceLoop {
     ctx: Ctx,
     channel_rx: Receiver<ChannelEvent>,
     pump_rx: Receiver<PumpDone>,
+    ring_rx: Receiver<ring::SenderDone>,
     sessions: Vec<Session>,
     sessions_open: bool,
     execs: exec::Execs,
@@ -151,16 +153,19 @@ struct ServiceLoop {
 pub fn run(sessions: Receiver<Session>, child_events: Receiver<()>, options: Options) {
     let (channel_tx, channel_rx) = crossbeam_channel::unbounded();
     let (pump_tx, pump_rx) = crossbeam_channel::unbounded();
+    let (ring_tx, ring_rx) = crossbeam_channel::unbounded();
     let mut lp = ServiceLoop {
         ctx: Ctx {
             channel_tx,
             pump_tx,
+            ring_tx,
             channels: HashMap::new(),
             pumps: HashMap::new(),
             next_id: 0,
         },
         channel_rx,
         pump_rx,
+        ring_rx,
         sessions: Vec::new(),
         sessions_open: true,
         execs: exec::Execs::default(),
@@ -186,9 +191,16 @@ impl ServiceLoop {
         child_events: &Receiver<()>,
         children_open: &mut bool,
     ) -> Input {
+        // Control-stream events first: on a serial link a restarted host reuses stream ids in
+        // the same session, and the reactor queues the old streams' ends before it delivers
+        // anything of the new host, so handling those ends first keeps the keys unambiguous.
+        if let Ok(ev) = self.channel_rx.try_recv() {
+            return Input::Channel(ev);
+        }
         let mut sel = Select::new();
         let i_channel = sel.recv(&self.channel_rx);
         let i_pump = sel.recv(&self.pump_rx);
+        let i_ring = sel.recv(&self.ring_rx);
         let i_sessions = self.sessions_open.then(|| sel.recv(sessions));
         let i_children = children_open.then(|| sel.recv(child_events));
         let session_indices: Vec<usize> = self
@@ -209,6 +221,12 @@ impl ServiceLoop {
             return match op.recv(&self.channel_rx) {
                 Ok(ev) => Input::Channel(ev),
                 // This loop holds a sender: cannot happen.
+                Err(_) => Input::Children,
+            };
+        }
+        if index == i_ring {
+            return match op.recv(&self.ring_rx) {
+                Ok(done) => Input::Ring(done),
                 Err(_) => Input::Children,
             };
         }
@@ -268,6 +286,7 @@ impl ServiceLoop {
             }
             Input::Channel(ev) => self.channel_event(ev),
             Input::Pump(done) => self.pump_done(done),
+            Input::Ring(done) => self.execs.ring_output_done(done),
             Input::Children => self.reap(),
         }
     }
@@ -340,10 +359,6 @@ impl ServiceLoop {
         }
         match owner {
             PumpOwner::ExecOutput(id) => self.execs.output_done(id),
-            PumpOwner::RingOutput { id, fd, generation } => {
-                let ok = done.result.is_ok();
-                self.execs.ring_output_done(id, fd, generation, ok)
-            }
             PumpOwner::ExecInput | PumpOwner::Forward => {}
             PumpOwner::CopyData(id) => self.copies.data_done(id, done),
         }

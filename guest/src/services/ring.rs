@@ -19,9 +19,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
-use vmux::mux::StreamId;
-use vmux::reactor::SessionId;
-use vmux::session::{PumpDone, SessionError, Stream};
+use vmux::session::{SessionError, Stream};
 use vmux::wire::ErrorCode;
 
 /// The ring size when the request leaves it to the agent (0).
@@ -153,6 +151,15 @@ impl Ring {
         st.generation
     }
 
+    /// Binds a new sender at the oldest byte held: returns its start offset and generation.
+    pub fn bind_sender(&self) -> (u64, u64) {
+        let mut st = self.lock();
+        st.sent = st.base;
+        st.generation += 1;
+        self.cond.notify_all();
+        (st.base, st.generation)
+    }
+
     /// Ends the current attachment: its sender stops; bytes stay until the next one.
     pub fn detach(&self) {
         let mut st = self.lock();
@@ -248,7 +255,20 @@ impl Ring {
     }
 }
 
-/// Who to tell when a sender ends, and what it serves.
+/// A sender's end, reported to the service loop.
+#[derive(Debug)]
+pub struct SenderDone {
+    /// The exec.
+    pub exec_id: u64,
+    /// 1 = stdout, 2 = stderr.
+    pub fd: u8,
+    /// The attachment it served.
+    pub generation: u64,
+    /// Every byte up to the process's EOF is in the session and the stream is closed.
+    pub delivered: bool,
+}
+
+/// What a sender thread serves, and who to tell when it ends.
 pub struct SenderJob {
     /// The ring to send from.
     pub ring: Arc<Ring>,
@@ -258,13 +278,12 @@ pub struct SenderJob {
     pub start: u64,
     /// The `exec.io` stream.
     pub stream: Stream,
-    /// The stream's session and id, for the report.
-    pub session: SessionId,
-    /// The stream's id.
-    pub stream_id: StreamId,
-    /// Told when the sender ends: `Ok` once every byte up to EOF is in the session and the
-    /// stream is closed.
-    pub done: Sender<PumpDone>,
+    /// The exec, for the report.
+    pub exec_id: u64,
+    /// 1 = stdout, 2 = stderr.
+    pub fd: u8,
+    /// Told when the sender ends.
+    pub done: Sender<SenderDone>,
 }
 
 /// Sends the ring's bytes from `job.start` into the stream until EOF (then closes it), or until
@@ -275,8 +294,8 @@ pub fn send(job: SenderJob) {
         generation,
         start,
         mut stream,
-        session,
-        stream_id,
+        exec_id,
+        fd,
         done,
     } = job;
     stream.set_write_timeout(Some(SENDER_RECHECK));
@@ -303,14 +322,15 @@ pub fn send(job: SenderJob) {
         // Never a graceful close: the host must not take a cut stream for the whole output.
         let _ = stream.reset(ErrorCode::CANCEL);
     }
-    let _ = done.send(PumpDone {
-        session,
-        stream: stream_id,
-        bytes_sent: pos - start,
-        bytes_received: 0,
-        crc_sent: 0,
-        crc_received: 0,
-        result,
+    log::debug!(
+        "exec {exec_id} fd {fd}: sender ends after {} bytes: {result:?}",
+        pos - start
+    );
+    let _ = done.send(SenderDone {
+        exec_id,
+        fd,
+        generation,
+        delivered: result.is_ok(),
     });
 }
 
