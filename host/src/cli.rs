@@ -789,6 +789,7 @@ program. The exit status is the remote one, or 128+N when it died of signal N.
                        4 KiB..16 MiB); when it is full the program blocks on its next write
       --print-id       write 'vmux exec id: N' to stderr once the program started
       --id-file FILE   write the exec id N and a newline to FILE once the program started
+                       (atomically: the file appears complete)
 ";
 
 /// `vmux-shim attach --help`.

@@ -75,8 +75,7 @@ pub fn run(global: &Global, args: &ExecArgs, signals: Receiver<Signal>) -> Resul
         eprintln!("vmux exec id: {}", process.exec_id());
     }
     if let Some(path) = &args.id_file {
-        let id = format!("{}\n", process.exec_id());
-        std::fs::write(path, id).map_err(|e| {
+        write_id_file(path, process.exec_id()).map_err(|e| {
             let _ = process.controller().close();
             fail(Failure::new(format!(
                 "cannot write {}: {e}",
@@ -103,6 +102,17 @@ pub fn run(global: &Global, args: &ExecArgs, signals: Receiver<Signal>) -> Resul
     drop(raw);
     conn.close(CLOSE_GRACE);
     status.map(exit_code).map_err(|e| fail(Failure::new(e)))
+}
+
+/// Writes `id` and a newline to `path` atomically (a temporary file renamed over it), so a
+/// script that waits for the file never reads it half written.
+fn write_id_file(path: &std::path::Path, id: u64) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    std::fs::write(&tmp, format!("{id}\n"))?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 /// `attach ID`: takes over a detachable exec; returns the exit status to leave with.

@@ -640,25 +640,38 @@ fn read_id(path: &Path) -> String {
 /// two files together are the whole output exactly once, and the exit code comes through.
 #[test]
 fn killed_shim_then_attach_with_offsets_delivers_32_mib_exactly_once() {
-    let Some(g) = Guest::start(LinkKind::Unix) else {
-        return;
-    };
-    const LEN: usize = 32 << 20;
-    let script = format!("echo start >&2; seq 1 5000000 | head -c {LEN}; echo end >&2; exit 7");
+    if let Some(g) = Guest::start(LinkKind::Unix) {
+        kill_then_attach(&g, 32 << 20, 4 << 20);
+    }
+}
+
+/// The same over a pty pair, the serial path: the attaching shim is a restarted host on the
+/// same session (new HELLO nonce, stream ids reused).
+#[test]
+fn killed_shim_then_attach_over_a_pty_delivers_4_mib_exactly_once() {
+    if let Some(g) = Guest::start(LinkKind::Tty) {
+        kill_then_attach(&g, 4 << 20, 256 << 10);
+    }
+}
+
+/// Runs a detachable exec printing `len` bytes, kills its shim with SIGKILL once `kill_at`
+/// bytes arrived, attaches with the offsets of what arrived and checks the whole.
+fn kill_then_attach(g: &Guest, len: usize, kill_at: u64) {
+    let script = format!("echo start >&2; seq 1 5000000 | head -c {len}; echo end >&2; exit 7");
     let (out1, err1, id_file) = (g.dir.path("out1"), g.dir.path("err1"), g.dir.path("id"));
     let mut cmd = g.shim();
     cmd.args(["exec", "--detachable", "--id-file"])
         .arg(&id_file)
         .args(["sh", "-c", &script]);
     let mut first = spawn_to_files(cmd, &out1, &err1);
-    wait_until("4 MiB of output arrived", &mut first, || {
-        id_file.exists() && file_len(&out1) >= 4 << 20
+    wait_until("output arrived", &mut first, || {
+        id_file.exists() && file_len(&out1) >= kill_at
     });
     first.0.kill().unwrap(); // SIGKILL, by PID
     first.0.wait().unwrap();
     let id = read_id(&id_file);
     let (had_out, had_err) = (file_len(&out1), file_len(&err1));
-    assert!((had_out as usize) < LEN, "the first shim got everything");
+    assert!((had_out as usize) < len, "the first shim got everything");
 
     let started = Instant::now();
     let mut cmd = g.shim();
@@ -672,7 +685,7 @@ fn killed_shim_then_attach_with_offsets_delivers_32_mib_exactly_once() {
     stdout.extend_from_slice(&out.stdout);
     let mut stderr = std::fs::read(&err1).unwrap();
     stderr.extend_from_slice(&out.stderr);
-    let want = seq_output(LEN);
+    let want = seq_output(len);
     assert_eq!(stdout.len(), want.len(), "length of old + new output");
     assert!(
         stdout == want,
@@ -697,9 +710,19 @@ fn killed_shim_then_attach_with_offsets_delivers_32_mib_exactly_once() {
 /// it running, detached, 4096 bytes buffered) and an attach still gets every byte, in order.
 #[test]
 fn full_ring_blocks_the_program_and_attach_gets_every_byte() {
-    let Some(g) = Guest::start(LinkKind::Unix) else {
-        return;
-    };
+    if let Some(g) = Guest::start(LinkKind::Unix) {
+        full_ring_then_attach(&g);
+    }
+}
+
+#[test]
+fn full_ring_blocks_the_program_and_attach_over_a_pty_gets_every_byte() {
+    if let Some(g) = Guest::start(LinkKind::Tty) {
+        full_ring_then_attach(&g);
+    }
+}
+
+fn full_ring_then_attach(g: &Guest) {
     const LEN: usize = 300_000;
     let script = format!("sleep 1; seq 1 100000 | head -c {LEN}; echo done >&2; exit 3");
     let (out1, err1, id_file) = (g.dir.path("out1"), g.dir.path("err1"), g.dir.path("id"));
