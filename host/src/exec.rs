@@ -10,6 +10,8 @@
 //! Ack with the stream's absolute offset after the bytes were written (and flushed) here, never
 //! merely read, so a shim killed at any point leaves the unwritten bytes in the agent's ring.
 //! After Exit they close the control stream only once every byte was written and acknowledged.
+//! If the local reader goes away (`| head`), the rest is read and acknowledged unwritten, as a
+//! plain exec's stream discards it, so the program is not blocked forever by a full ring.
 
 use std::io::{self, IsTerminal, Read, Write};
 use std::thread::JoinHandle;
@@ -299,10 +301,31 @@ fn copy_out(stream: Stream, mut to: impl Write, mut ack: Option<Acker>) {
         if let Err(e) = to.write_all(&buf[..n]).and_then(|()| to.flush()) {
             // Our reader went away (`| head`): stop reading; the stream drains on drop.
             log::debug!("local output: {e}");
+            if let Some(ack) = ack {
+                // A detachable exec's bytes wait in the agent until acknowledged, so draining
+                // is ours to do: read on and acknowledge what can no longer be delivered, as a
+                // plain exec's stream discards it, instead of blocking the program forever.
+                discard(stream, ack, n);
+            }
             return;
         }
         if let Some(ack) = &mut ack {
             ack.written(n);
+        }
+    }
+}
+
+/// Reads a detachable exec's output to its end, acknowledging (and dropping) every byte; `n`
+/// bytes were read already.
+fn discard(stream: Stream, mut ack: Acker, n: usize) {
+    ack.written(n);
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match (&stream).read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => ack.written(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
         }
     }
 }
