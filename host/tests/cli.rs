@@ -820,3 +820,55 @@ fn attach_to_an_unknown_exec_id_fails_naming_it() {
     assert_eq!(code(out.status), 255);
     assert!(text(&out.stderr).contains(&format!("exec {id} is not detachable")));
 }
+
+/// Without offsets, attach resumes after the last byte the killed shim acknowledged: what it
+/// prints is the output's tail, starting no later than what the first shim wrote out. It may
+/// repeat what the first shim wrote but whose acks were still in flight, never more than the
+/// ring holds (the agent sends nothing beyond its ring of unacknowledged bytes).
+#[test]
+fn attach_without_offsets_resumes_after_the_last_acknowledged_byte() {
+    let Some(g) = Guest::start(LinkKind::Unix) else {
+        return;
+    };
+    const LEN: usize = 8 << 20;
+    let script = format!("seq 1 5000000 | head -c {LEN}");
+    let (out1, err1, id_file) = (g.dir.path("out1"), g.dir.path("err1"), g.dir.path("id"));
+    let mut cmd = g.shim();
+    cmd.args(["exec", "--detachable", "--id-file"])
+        .arg(&id_file)
+        .args(["sh", "-c", &script]);
+    let mut first = spawn_to_files(cmd, &out1, &err1);
+    wait_until("1 MiB of output arrived", &mut first, || {
+        id_file.exists() && file_len(&out1) >= 1 << 20
+    });
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let had = std::fs::read(&out1).unwrap();
+    let id = read_id(&id_file);
+
+    let mut cmd = g.shim();
+    cmd.args(["attach", &id]);
+    let out = run(cmd, b"");
+    assert_eq!(code(out.status), 0, "stderr: {}", text(&out.stderr));
+    let want = seq_output(LEN);
+    let resumed_at = want.len() - out.stdout.len();
+    assert!(
+        want.ends_with(&out.stdout),
+        "the attach output is not the output's tail"
+    );
+    assert!(
+        resumed_at <= had.len(),
+        "bytes {resumed_at}..{} were lost",
+        had.len()
+    );
+    assert!(
+        had.len() - resumed_at <= 1 << 20,
+        "{} bytes repeated, more than the 1 MiB ring",
+        had.len() - resumed_at
+    );
+    eprintln!(
+        "resumed at {resumed_at}: {} bytes the killed shim wrote are repeated",
+        had.len() - resumed_at
+    );
+    assert!(want.starts_with(&had));
+}
