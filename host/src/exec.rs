@@ -21,7 +21,8 @@ use crossbeam_channel::Receiver;
 use nix::sys::signal::Signal;
 use vmux::service::{self, ExecAttach, ExecRequest, ExitStatus, ProcessController, PtySize};
 use vmux::service::{RemoteProcess, ServiceError};
-use vmux::session::Stream;
+use vmux::session::{SessionError, Stream};
+use vmux::wire::ErrorCode;
 
 use crate::cli::{AttachArgs, ExecArgs, Failure, Global, EXIT_SHIM_FAILED};
 use crate::connect;
@@ -188,6 +189,7 @@ fn follow(
     };
     let (out_ack, err_ack) = (acks(1), acks(2));
     let detachable = process.detachable();
+    let exec_id = process.exec_id();
     let out = process
         .take_stdout()
         .and_then(|s| spawn("stdout", move || copy_out(s, io::stdout(), out_ack)));
@@ -203,11 +205,23 @@ fn follow(
     for handle in [out, err].into_iter().flatten() {
         let _ = handle.join();
     }
-    if detachable && status.is_ok() {
-        // Everything was written and acknowledged: the agent may forget the exec now.
-        let _ = control.close();
+    match status {
+        Ok(status) => {
+            if detachable {
+                // Everything was written and acknowledged: the agent may forget the exec now.
+                let _ = control.close();
+            }
+            Ok(status)
+        }
+        Err(ServiceError::Session(SessionError::Reset {
+            code: ErrorCode::CANCEL,
+            by_peer: true,
+            ..
+        })) if detachable => Err(ServiceError::Failed(format!(
+            "exec {exec_id} was attached by another shim; this one lets go"
+        ))),
+        Err(e) => Err(e),
     }
-    status
 }
 
 /// Passes terminating signals (and, with a pty, window sizes) to the remote program.

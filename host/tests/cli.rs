@@ -872,3 +872,37 @@ fn attach_without_offsets_resumes_after_the_last_acknowledged_byte() {
     );
     assert!(want.starts_with(&had));
 }
+
+/// The newest attach wins: a shim still attached is cut off (exit 255, nothing written) and the
+/// new one gets the whole output and the code.
+#[test]
+fn a_second_attach_takes_over_from_a_live_shim() {
+    let Some(g) = Guest::start(LinkKind::Unix) else {
+        return;
+    };
+    let script = "sleep 1; seq 1 200000; exit 5";
+    let (out1, err1, id_file) = (g.dir.path("out1"), g.dir.path("err1"), g.dir.path("id"));
+    let mut cmd = g.shim();
+    cmd.args(["exec", "--detachable", "--id-file"])
+        .arg(&id_file)
+        .args(["sh", "-c", script]);
+    let mut first = spawn_to_files(cmd, &out1, &err1);
+    wait_until("the id file", &mut first, || id_file.exists());
+    let id = read_id(&id_file);
+
+    let mut cmd = g.shim();
+    cmd.args(["attach", &id]);
+    let out = run(cmd, b"");
+    assert_eq!(code(out.status), 5, "stderr: {}", text(&out.stderr));
+    let want: String = (1..=200_000).map(|n| format!("{n}\n")).collect();
+    assert!(out.stdout == want.as_bytes(), "the output differs");
+
+    let status = first.0.wait().unwrap();
+    assert_eq!(status.code(), Some(255));
+    assert_eq!(file_len(&out1), 0);
+    let err = std::fs::read_to_string(&err1).unwrap();
+    assert_eq!(
+        err,
+        format!("vmux-shim: exec {id} was attached by another shim; this one lets go\n")
+    );
+}
