@@ -158,7 +158,7 @@ pub fn ps(global: &Global) -> Result<u8, Failure> {
             e.buffered,
             e.produced[0],
             e.produced[1],
-            e.argv.join(" ")
+            printable(&e.argv.join(" "))
         ));
     }
     if list.omitted > 0 {
@@ -168,6 +168,14 @@ pub fn ps(global: &Global) -> Result<u8, Failure> {
         writeln!(out, "{line}").map_err(|e| Failure::new(format!("writing stdout: {e}")))?;
     }
     Ok(0)
+}
+
+/// `text` with control characters shown as `?`: the command line comes from the guest, which
+/// must not be able to drive this terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// Copies a process's output here, passes signals on, and waits for its status. A detachable
@@ -257,7 +265,8 @@ struct Acker {
 
 impl Acker {
     fn written(&mut self, n: usize) {
-        self.offset += n as u64;
+        // The start offset came from the guest: never let it overflow here.
+        self.offset = self.offset.saturating_add(n as u64);
         if let Err(e) = self.control.ack(self.fd, self.offset) {
             log::debug!("acknowledging fd {} up to {}: {e}", self.fd, self.offset);
         }
@@ -385,6 +394,11 @@ mod tests {
         let mut a = args(false, false);
         a.env = vec![("A".into(), "1".into()), ("B".into(), "x=y".into())];
         assert_eq!(request(&a, false, None).env, ["A=1", "B=x=y"]);
+    }
+
+    #[test]
+    fn listed_command_lines_cannot_drive_the_terminal() {
+        assert_eq!(printable("sh -c \x1b[2Jx\n\u{9b}y"), "sh -c ?[2Jx??y");
     }
 
     #[test]
