@@ -6,7 +6,9 @@
 //! [`ControlMsg::Exit`] once the process was reaped and every output byte was handed to the
 //! session, then closes. Stdio travels on `exec.io` streams the host opens with an [`ExecIo`]
 //! (`exec_id`, fd 0/1/2). A reset of the control stream, or the end of the session, kills the
-//! process group.
+//! process group, unless the request set [`ExecRequest::detach`]: then the agent keeps the
+//! process and its unacknowledged output ([`ProcessController::ack`]) for a later
+//! [`attach`](super::attach()).
 
 use super::codec::{MessageError, Reader, Writer, MAX_STRING};
 use super::control::{ControlDecoder, ControlMsg, ExitStatus};
@@ -454,11 +456,17 @@ pub fn exec(session: &Session, request: &ExecRequest) -> Result<RemoteProcess, S
 
 /// What the agent said about a process whose stdio is to be opened.
 pub(super) struct Started {
+    /// The agent's id for it.
     pub exec_id: u64,
+    /// Its pid in the guest.
     pub pid: u32,
+    /// Whether it survives this host.
     pub detachable: bool,
+    /// Where its stdout and stderr streams start.
     pub offsets: [u64; 2],
+    /// Whether to open stdin.
     pub stdin: bool,
+    /// Whether it runs on a pty (no stderr stream then).
     pub pty: bool,
 }
 
