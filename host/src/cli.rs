@@ -472,6 +472,9 @@ fn parse_exec(p: &mut lexopt::Parser, g: &mut GlobalBuilder) -> Result<Command, 
                 for rest in p.raw_args().map_err(|e| lex(e, CMD))? {
                     a.argv.push(string(rest, CMD)?);
                 }
+                if a.ring != 0 && !a.detachable {
+                    return Err(usage("--ring only applies with --detachable", CMD));
+                }
                 return Ok(Command::Exec(a));
             }
             Tok::Flag(f) => f,
@@ -1102,6 +1105,7 @@ mod tests {
             ),
             (&["attach", "1", "2"], "unexpected argument '2'"),
             (&["exec", "--ring", "1M", "ls"], "--ring takes a byte count"),
+            (&["exec", "--ring", "4096", "ls"], "--ring only applies with --detachable"),
             (&["ps", "x"], "unexpected argument 'x'"),
         ];
         for (args, want) in table {
