@@ -1105,7 +1105,10 @@ mod tests {
             ),
             (&["attach", "1", "2"], "unexpected argument '2'"),
             (&["exec", "--ring", "1M", "ls"], "--ring takes a byte count"),
-            (&["exec", "--ring", "4096", "ls"], "--ring only applies with --detachable"),
+            (
+                &["exec", "--ring", "4096", "ls"],
+                "--ring only applies with --detachable",
+            ),
             (&["ps", "x"], "unexpected argument 'x'"),
         ];
         for (args, want) in table {
