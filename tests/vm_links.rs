@@ -518,3 +518,152 @@ fn af_vsock_inside_the_guest_allows_only_the_configured_cids() {
     vm.wait_exit(Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{e}\n{}", vm.diagnostics()));
 }
+
+/// What `seq 1 5000000 | head -c LEN` prints: the numbers from 1, one per line, cut at `len`.
+fn seq_output(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 16);
+    let mut n = 1u64;
+    while out.len() < len {
+        out.extend_from_slice(format!("{n}\n").as_bytes());
+        n += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// A detachable exec printing 32 MiB over virtio-serial: its shim is killed with SIGKILL midway,
+/// `ps` from a new shim lists it detached, and `attach` with the byte offsets of what the first
+/// shim's files hold delivers the rest: old + new output is the whole output exactly once, and
+/// the exit code comes through.
+#[test]
+fn detached_exec_survives_a_killed_shim_and_attach_resumes_32_mib_over_virtio_serial() {
+    let Some(assets) = require_vm_assets() else {
+        return;
+    };
+    let _one = lock();
+    let mut vm = VmBuilder::new(&assets)
+        .virtio_serial(PORT_NAME)
+        .load_modules()
+        .boot_agent()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let virtio = format!(
+        "unix://{}",
+        vm.virtio_serial_socket(PORT_NAME).unwrap().display()
+    );
+    assets
+        .install_guest_tools(&virtio)
+        .expect("copy busybox into the guest");
+
+    const LEN: usize = 32 << 20;
+    let script = format!("echo start >&2; seq 1 5000000 | head -c {LEN}; echo end >&2; exit 7");
+    let (out1, err1, id_file) = (
+        scratch(&vm, "detach-out1"),
+        scratch(&vm, "detach-err1"),
+        scratch(&vm, "detach-id"),
+    );
+    let t = Instant::now();
+    let first = Command::new(&assets.shim)
+        .args(["-c", &virtio, "exec", "--detachable", "--id-file"])
+        .arg(&id_file)
+        .args(["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out1).unwrap())
+        .stderr(std::fs::File::create(&err1).unwrap())
+        .spawn()
+        .expect("start vmux-shim exec");
+    let mut first = KillOnDrop(first);
+    let len_of = |p: &PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !(id_file.exists() && len_of(&out1) >= 4 << 20) {
+        if let Some(status) = first.0.try_wait().unwrap() {
+            panic!(
+                "the first shim exited ({status}) early: {}",
+                std::fs::read_to_string(&err1).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "4 MiB never arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.0.kill().unwrap(); // SIGKILL, by PID
+    first.0.wait().unwrap();
+    let id = std::fs::read_to_string(&id_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let (had_out, had_err) = (len_of(&out1), len_of(&err1));
+    eprintln!(
+        "virtio-serial: killed the first shim after {had_out} bytes ({:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
+
+    let ps = ok(
+        &shim(
+            &assets,
+            &["-c", &virtio, "ps"],
+            None,
+            Duration::from_secs(60),
+        ),
+        "ps",
+    );
+    let line = ps
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(id.as_str()))
+        .unwrap_or_else(|| panic!("ps does not list exec {id}:\n{ps}"));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cols[2..5], ["running", "no", "yes"], "{ps}");
+
+    let t = Instant::now();
+    let out = shim(
+        &assets,
+        &[
+            "-c",
+            &virtio,
+            "attach",
+            "--stdout-offset",
+            &had_out.to_string(),
+            "--stderr-offset",
+            &had_err.to_string(),
+            &id,
+        ],
+        None,
+        Duration::from_secs(600),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "attach: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut stdout = std::fs::read(&out1).unwrap();
+    stdout.extend_from_slice(&out.stdout);
+    let mut stderr = std::fs::read(&err1).unwrap();
+    stderr.extend_from_slice(&out.stderr);
+    let want = seq_output(LEN);
+    assert_eq!(stdout.len(), want.len(), "length of old + new output");
+    let first_diff = stdout.iter().zip(&want).position(|(a, b)| a != b);
+    assert!(
+        stdout == want,
+        "old + new output differs, first at {first_diff:?}"
+    );
+    assert_eq!(String::from_utf8_lossy(&stderr), "start\nend\n");
+    eprintln!(
+        "virtio-serial: verified {} bytes; attach replayed and streamed {} in {:.1} s",
+        stdout.len(),
+        out.stdout.len(),
+        t.elapsed().as_secs_f64()
+    );
+
+    // Delivered: the agent forgot it.
+    let again = shim(
+        &assets,
+        &["-c", &virtio, "attach", &id],
+        None,
+        Duration::from_secs(60),
+    );
+    assert_eq!(again.status.code(), Some(255));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains(&format!("no exec {id}")),
+        "{again:?}"
+    );
+    shut_down(&assets, &mut vm, &virtio);
+}

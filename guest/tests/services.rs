@@ -775,3 +775,74 @@ fn stdin_attached_after_a_quick_exit_is_accepted_and_discarded() {
     stdin.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty());
 }
+
+/// Detachable execs that end with nobody attached are kept for a later attach, at most 16: the
+/// 17th pushes the oldest out. A kept one still delivers its output and status on attach.
+#[test]
+fn finished_detached_execs_are_kept_up_to_16_then_the_oldest_is_forgotten() {
+    let mut ids = Vec::new();
+    for n in 0..17 {
+        let (reactor, session) = connect();
+        let mut req = sh(&format!("sleep 0.3; echo out-{n}; exit {n}"));
+        req.detach = Some(0);
+        let proc = service::exec(&session, &req).expect("exec");
+        ids.push(proc.exec_id());
+        // The host goes away at once: the agent keeps the process.
+        drop(proc);
+        drop(session);
+        drop(reactor);
+    }
+    let (_reactor, session) = connect();
+    let finished = |list: &service::ExecList| {
+        list.entries
+            .iter()
+            .filter(|e| ids.contains(&e.exec_id) && e.state != service::ExecState::Running)
+            .count()
+    };
+    eventually("16 finished detached execs", || {
+        let list = service::exec_list(&session).expect("exec.list");
+        let gone = !list.entries.iter().any(|e| e.exec_id == ids[0]);
+        gone && finished(&list) == 16
+    });
+    let list = service::exec_list(&session).expect("exec.list");
+    for e in list.entries.iter().filter(|e| ids.contains(&e.exec_id)) {
+        assert!(e.detachable && !e.attached, "{e:?}");
+    }
+
+    let err = service::attach(
+        &session,
+        &service::ExecAttach {
+            exec_id: ids[0],
+            offsets: [None, None],
+        },
+    )
+    .expect_err("the oldest was forgotten");
+    assert_eq!(err.remote_code(), Some(ErrorCode::REFUSED));
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "exec.attach: no exec {} (unknown, or its exit was delivered)",
+            ids[0]
+        )
+    );
+
+    let mut proc = service::attach(
+        &session,
+        &service::ExecAttach {
+            exec_id: ids[1],
+            offsets: [None, None],
+        },
+    )
+    .expect("attach to a kept exec");
+    let mut out = Vec::new();
+    proc.take_stdout().unwrap().read_to_end(&mut out).unwrap();
+    let control = proc.controller();
+    control.ack(1, out.len() as u64).unwrap();
+    assert_eq!(proc.wait().expect("wait"), ExitStatus::Code(1));
+    control.close().unwrap();
+    assert_eq!(out, b"out-1\n");
+    eventually("the delivered exec to be forgotten", || {
+        let list = service::exec_list(&session).expect("exec.list");
+        !list.entries.iter().any(|e| e.exec_id == ids[1])
+    });
+}

@@ -60,6 +60,10 @@ pub enum Command {
     Ping { count: u32 },
     /// Run a program in the guest.
     Exec(ExecArgs),
+    /// Take over a detachable exec: replay its unacknowledged output, then go on live.
+    Attach(AttachArgs),
+    /// List the execs the agent holds.
+    Ps,
     /// Copy a file to or from the guest.
     Cp { src: CpEnd, dst: CpEnd },
     /// Forward local connections to an address reachable from the guest.
@@ -87,8 +91,27 @@ pub struct ExecArgs {
     pub uid: Option<u32>,
     /// `-g GID`: run as this group id.
     pub gid: Option<u32>,
+    /// `--detachable`: the agent keeps the program when this shim or its link goes away.
+    pub detachable: bool,
+    /// `--ring BYTES`: the agent's output buffer per fd for a detachable exec (0 = default).
+    pub ring: u32,
+    /// `--print-id`: write `vmux exec id: N` to stderr once the program started.
+    pub print_id: bool,
+    /// `--id-file FILE`: write the exec id and a newline to FILE once the program started.
+    pub id_file: Option<PathBuf>,
     /// The program and its arguments.
     pub argv: Vec<String>,
+}
+
+/// `attach`'s arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AttachArgs {
+    /// The exec id `exec --detachable` reported.
+    pub id: u64,
+    /// `--stdout-offset N`: the consumer already has the first N bytes of stdout.
+    pub stdout_offset: Option<u64>,
+    /// `--stderr-offset N`: the consumer already has the first N bytes of stderr.
+    pub stderr_offset: Option<u64>,
 }
 
 /// One side of `cp`.
@@ -236,6 +259,8 @@ pub fn parse(
         "info" => parse_info(&mut p, &mut global)?,
         "ping" => parse_ping(&mut p, &mut global)?,
         "exec" => parse_exec(&mut p, &mut global)?,
+        "attach" => parse_attach(&mut p, &mut global)?,
+        "ps" => parse_ps(&mut p, &mut global)?,
         "cp" => parse_cp(&mut p, &mut global)?,
         "forward" => parse_forward(&mut p, &mut global)?,
         "serve" => parse_serve(&mut p, &mut global)?,
@@ -382,6 +407,8 @@ pub fn help_for(name: &str) -> Option<&'static str> {
         "info" => HELP_INFO,
         "ping" => HELP_PING,
         "exec" => HELP_EXEC,
+        "attach" => HELP_ATTACH,
+        "ps" => HELP_PS,
         "cp" => HELP_CP,
         "forward" => HELP_FORWARD,
         "serve" => HELP_SERVE,
@@ -445,6 +472,9 @@ fn parse_exec(p: &mut lexopt::Parser, g: &mut GlobalBuilder) -> Result<Command, 
                 for rest in p.raw_args().map_err(|e| lex(e, CMD))? {
                     a.argv.push(string(rest, CMD)?);
                 }
+                if a.ring != 0 && !a.detachable {
+                    return Err(usage("--ring only applies with --detachable", CMD));
+                }
                 return Ok(Command::Exec(a));
             }
             Tok::Flag(f) => f,
@@ -463,6 +493,15 @@ fn parse_exec(p: &mut lexopt::Parser, g: &mut GlobalBuilder) -> Result<Command, 
             "-w" | "--workdir" => a.cwd = Some(value(p, CMD)?),
             "-u" | "--uid" => a.uid = Some(id_value(p, "-u")?),
             "-g" | "--gid" => a.gid = Some(id_value(p, "-g")?),
+            "--detachable" => a.detachable = true,
+            "--ring" => {
+                let v = value(p, CMD)?;
+                a.ring = v
+                    .parse()
+                    .map_err(|_| usage(format!("--ring takes a byte count, not '{v}'"), CMD))?;
+            }
+            "--print-id" => a.print_id = true,
+            "--id-file" => a.id_file = Some(PathBuf::from(value(p, CMD)?)),
             f => {
                 if !g.take(f, p, CMD)? {
                     return Err(unexpected(f, CMD));
@@ -470,6 +509,49 @@ fn parse_exec(p: &mut lexopt::Parser, g: &mut GlobalBuilder) -> Result<Command, 
             }
         }
     }
+}
+
+fn parse_attach(p: &mut lexopt::Parser, g: &mut GlobalBuilder) -> Result<Command, UsageError> {
+    const CMD: Option<&str> = Some("attach");
+    let mut a = AttachArgs::default();
+    let offset = |p: &mut lexopt::Parser, flag: &str| -> Result<u64, UsageError> {
+        let v = value(p, CMD)?;
+        v.parse()
+            .map_err(|_| usage(format!("{flag} takes a byte offset, not '{v}'"), CMD))
+    };
+    let r = simple(
+        p,
+        g,
+        "attach",
+        HELP_ATTACH,
+        |flag, p| {
+            match flag {
+                "--stdout-offset" => a.stdout_offset = Some(offset(p, flag)?),
+                "--stderr-offset" => a.stderr_offset = Some(offset(p, flag)?),
+                _ => return Ok(false),
+            }
+            Ok(true)
+        },
+        1,
+    )?;
+    let operands = match r {
+        Err(help) => return Ok(Command::Help(help)),
+        Ok(o) => o,
+    };
+    let Some(id) = operands.first() else {
+        return Err(usage("missing the exec id", CMD));
+    };
+    a.id = id
+        .parse()
+        .map_err(|_| usage(format!("the exec id is a number, not '{id}'"), CMD))?;
+    Ok(Command::Attach(a))
+}
+
+fn parse_ps(p: &mut lexopt::Parser, g: &mut GlobalBuilder) -> Result<Command, UsageError> {
+    Ok(match simple(p, g, "ps", HELP_PS, |_, _| Ok(false), 0)? {
+        Err(help) => Command::Help(help),
+        Ok(_) => Command::Ps,
+    })
 }
 
 fn id_value(p: &mut lexopt::Parser, flag: &str) -> Result<u32, UsageError> {
@@ -644,8 +726,11 @@ Usage: vmux-shim [GLOBAL OPTIONS] COMMAND [ARGS]
 Commands:
   info                          show the guest agent's facts
   ping [-n COUNT]               measure round trips (min / median / p99)
-  exec [-t] [-i] [-e K=V]... [-w DIR] [--] CMD [ARG]...
+  exec [-t] [-i] [-e K=V]... [-w DIR] [--detachable] [--] CMD [ARG]...
                                 run a program in the guest; its exit status is ours
+  attach [--stdout-offset N] [--stderr-offset N] ID
+                                take over a detachable exec: its missed output, then live
+  ps                            list the execs the guest agent holds
   cp SRC DST                    copy a file; write a guest path as :PATH, - is stdin/stdout
   forward LISTEN_ADDR GUEST_ADDR
                                 forward local connections to an address seen from the guest
@@ -664,8 +749,8 @@ Global options:
   -V, --version        show the version
 
 Environment: VMUX_ADDR (default address), VMUX_LOG (off|error|warn|info|debug|trace; default warn)
-Exit status: exec returns the remote status (128+N for signal N); usage errors 2; the shim's own
-failures 255 for exec, 1 otherwise.
+Exit status: exec and attach return the remote status (128+N for signal N); usage errors 2; the
+shim's own failures 255 for exec and attach, 1 otherwise.
 ";
 
 /// `vmux-shim info --help`.
@@ -700,6 +785,42 @@ program. The exit status is the remote one, or 128+N when it died of signal N.
   -w, --workdir DIR    working directory in the guest
   -u, --uid UID        run as this numeric user id
   -g, --gid GID        run as this numeric group id
+      --detachable     the agent keeps the program running when this shim, its session or
+                       the link goes away, holding its unacknowledged output (see attach);
+                       stdin is forwarded only while this first shim runs
+      --ring BYTES     the agent's output buffer per stream for --detachable (default 1 MiB,
+                       4 KiB..16 MiB); when it is full the program blocks on its next write
+      --print-id       write 'vmux exec id: N' to stderr once the program started
+      --id-file FILE   write the exec id N and a newline to FILE once the program started
+                       (atomically: the file appears complete)
+";
+
+/// `vmux-shim attach --help`.
+pub const HELP_ATTACH: &str = "\
+Usage: vmux-shim [-c ADDR] attach [--stdout-offset N] [--stderr-offset N] ID
+
+Takes over the detachable exec ID (from 'exec --detachable --print-id' or 'ps'): writes the
+output the previous shim had not acknowledged, then the live output, and exits with the
+program's status (128+N when it died of signal N). SIGINT, SIGTERM and SIGHUP are passed on.
+Stdin is not forwarded. If another shim is attached, it is cut off.
+
+Offsets count bytes since the program started. Pass how many bytes of each stream the consumer
+already holds (e.g. the size of the file the previous shim's stdout went to) and the output
+resumes exactly there, with nothing repeated or lost; without them it resumes after the last
+byte the previous shim acknowledged. An offset older than what the agent still holds, or
+beyond what was produced, is an error.
+
+      --stdout-offset N   the first N bytes of stdout (with a pty: of the terminal) are had
+      --stderr-offset N   the first N bytes of stderr are had
+";
+
+/// `vmux-shim ps --help`.
+pub const HELP_PS: &str = "\
+Usage: vmux-shim [-c ADDR] ps
+
+Lists the execs the guest agent holds, one per line: ID, PID, STATE (running, exited N,
+killed N), ATTACHED (yes/no), DETACHABLE (yes/no), BUFFERED (output bytes held for a later
+attach), OUT/ERR (bytes of stdout/stderr produced so far) and the command.
 ";
 
 /// `vmux-shim cp --help`.
@@ -815,6 +936,7 @@ mod tests {
                     uid: Some(0),
                     gid: Some(5),
                     argv: vec!["bash".into()],
+                    ..ExecArgs::default()
                 }),
             ),
             (
@@ -911,6 +1033,44 @@ mod tests {
     }
 
     #[test]
+    fn detach_flags_attach_and_ps_parse() {
+        let Command::Exec(a) = cmd(&[
+            "exec",
+            "--detachable",
+            "--ring",
+            "4096",
+            "--print-id",
+            "--id-file",
+            "/tmp/id",
+            "seq",
+            "--ring",
+        ]) else {
+            panic!("not exec");
+        };
+        assert!(a.detachable && a.print_id);
+        assert_eq!(a.ring, 4096);
+        assert_eq!(a.id_file, Some(PathBuf::from("/tmp/id")));
+        assert_eq!(a.argv, ["seq", "--ring"]);
+        assert_eq!(
+            cmd(&["attach", "--stdout-offset", "10", "7", "--stderr-offset=2"]),
+            Command::Attach(AttachArgs {
+                id: 7,
+                stdout_offset: Some(10),
+                stderr_offset: Some(2),
+            })
+        );
+        assert_eq!(
+            cmd(&["attach", "3"]),
+            Command::Attach(AttachArgs {
+                id: 3,
+                ..AttachArgs::default()
+            })
+        );
+        assert_eq!(cmd(&["ps"]), Command::Ps);
+        assert_eq!(cmd(&["attach", "--help"]), Command::Help(HELP_ATTACH));
+    }
+
+    #[test]
     fn bad_command_lines_say_what_is_wrong() {
         let table: &[(&[&str], &str)] = &[
             (&[], "missing command"),
@@ -937,6 +1097,19 @@ mod tests {
                 "doctor takes the address as an operand",
             ),
             (&["info", "extra"], "unexpected argument 'extra'"),
+            (&["attach"], "missing the exec id"),
+            (&["attach", "x1"], "the exec id is a number, not 'x1'"),
+            (
+                &["attach", "--stdout-offset", "-3", "1"],
+                "takes a byte offset",
+            ),
+            (&["attach", "1", "2"], "unexpected argument '2'"),
+            (&["exec", "--ring", "1M", "ls"], "--ring takes a byte count"),
+            (
+                &["exec", "--ring", "4096", "ls"],
+                "--ring only applies with --detachable",
+            ),
+            (&["ps", "x"], "unexpected argument 'x'"),
         ];
         for (args, want) in table {
             let got = err(args);
@@ -957,7 +1130,8 @@ mod tests {
     #[test]
     fn every_command_has_help() {
         for name in [
-            "info", "ping", "exec", "cp", "forward", "serve", "shutdown", "doctor", "help",
+            "info", "ping", "exec", "attach", "ps", "cp", "forward", "serve", "shutdown", "doctor",
+            "help",
         ] {
             let text = help_for(name).unwrap();
             assert!(

@@ -57,6 +57,8 @@ fn dispatch(cli: &Cli) -> Result<u8, Failure> {
         Command::Shutdown { reboot } => basic::shutdown(g, *reboot),
         Command::Cp { src, dst } => cp::run(g, src, dst),
         Command::Exec(args) => exec::run(g, args, take_signals()?),
+        Command::Attach(args) => exec::attach(g, args, take_signals()?),
+        Command::Ps => exec::ps(g),
         Command::Forward { listen, target } => forward::run(g, listen, target, take_signals()?),
         Command::Serve { listen } => serve::run(g, listen, take_signals()?).map(|()| 0),
         Command::Doctor { addr } => Ok(if doctor::run(Path::new("/"), addr.as_ref(), g.timeout) {

@@ -590,3 +590,319 @@ fn doctor_checks_a_unix_address_without_sending_anything() {
     assert!(!report.contains("FAIL"), "{report}");
     assert_eq!(code(out.status), 0);
 }
+
+// ----- detachable execs -----
+
+/// What `seq 1 5000000 | head -c N` prints: the numbers from 1, one per line, cut at `len`.
+fn seq_output(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 16);
+    let mut n = 1u64;
+    while out.len() < len {
+        out.extend_from_slice(format!("{n}\n").as_bytes());
+        n += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// Starts the shim with stdout and stderr going to files (as a consumer's would).
+fn spawn_to_files(mut cmd: Command, out: &Path, err: &Path) -> Proc {
+    cmd.stdin(Stdio::null())
+        .stdout(std::fs::File::create(out).unwrap())
+        .stderr(std::fs::File::create(err).unwrap());
+    Proc(cmd.spawn().expect("spawn vmux-shim"))
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Waits until `what` holds, failing after 60 s or if `proc` exits first.
+fn wait_until(what: &str, proc: &mut Proc, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        if let Ok(Some(status)) = proc.0.try_wait() {
+            panic!("vmux-shim exited ({status}) before {what}");
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn read_id(path: &Path) -> String {
+    let id = std::fs::read_to_string(path).unwrap();
+    assert!(id.ends_with('\n'), "id file holds {id:?}");
+    id.trim().to_string()
+}
+
+/// The headline scenario: a detachable exec printing 32 MiB, its shim killed with SIGKILL
+/// midway, and a new shim attached with the offsets of what the first one's files hold: the
+/// two files together are the whole output exactly once, and the exit code comes through.
+#[test]
+fn killed_shim_then_attach_with_offsets_delivers_32_mib_exactly_once() {
+    if let Some(g) = Guest::start(LinkKind::Unix) {
+        kill_then_attach(&g, 32 << 20, 4 << 20);
+    }
+}
+
+/// The same over a pty pair, the serial path: the attaching shim is a restarted host on the
+/// same session (new HELLO nonce, stream ids reused).
+#[test]
+fn killed_shim_then_attach_over_a_pty_delivers_4_mib_exactly_once() {
+    if let Some(g) = Guest::start(LinkKind::Tty) {
+        kill_then_attach(&g, 4 << 20, 256 << 10);
+    }
+}
+
+/// Runs a detachable exec printing `len` bytes, kills its shim with SIGKILL once `kill_at`
+/// bytes arrived, attaches with the offsets of what arrived and checks the whole.
+fn kill_then_attach(g: &Guest, len: usize, kill_at: u64) {
+    let script = format!("echo start >&2; seq 1 5000000 | head -c {len}; echo end >&2; exit 7");
+    let (out1, err1, id_file) = (g.dir.path("out1"), g.dir.path("err1"), g.dir.path("id"));
+    let mut cmd = g.shim();
+    cmd.args(["exec", "--detachable", "--id-file"])
+        .arg(&id_file)
+        .args(["sh", "-c", &script]);
+    let mut first = spawn_to_files(cmd, &out1, &err1);
+    wait_until("output arrived", &mut first, || {
+        id_file.exists() && file_len(&out1) >= kill_at
+    });
+    first.0.kill().unwrap(); // SIGKILL, by PID
+    first.0.wait().unwrap();
+    let id = read_id(&id_file);
+    let (had_out, had_err) = (file_len(&out1), file_len(&err1));
+    assert!((had_out as usize) < len, "the first shim got everything");
+
+    let started = Instant::now();
+    let mut cmd = g.shim();
+    cmd.args(["attach", "--stdout-offset", &had_out.to_string()])
+        .args(["--stderr-offset", &had_err.to_string(), &id]);
+    let out = run(cmd, b"");
+    let took = started.elapsed();
+    assert_eq!(code(out.status), 7, "stderr: {}", text(&out.stderr));
+
+    let mut stdout = std::fs::read(&out1).unwrap();
+    stdout.extend_from_slice(&out.stdout);
+    let mut stderr = std::fs::read(&err1).unwrap();
+    stderr.extend_from_slice(&out.stderr);
+    let want = seq_output(len);
+    assert_eq!(stdout.len(), want.len(), "length of old + new output");
+    assert!(
+        stdout == want,
+        "old + new output differs from the program's output"
+    );
+    assert_eq!(text(&stderr), "start\nend\n");
+    eprintln!(
+        "verified {} bytes: {had_out} from the killed shim, {} replayed and live in {took:?}",
+        stdout.len(),
+        out.stdout.len()
+    );
+
+    // Its exit was delivered: the agent has forgotten it.
+    let mut cmd = g.shim();
+    cmd.args(["attach", &id]);
+    let again = run(cmd, b"");
+    assert_eq!(code(again.status), 255);
+    assert!(text(&again.stderr).contains(&format!("no exec {id}")));
+}
+
+/// With a 4 KiB ring and nobody attached, the program blocks once the ring is full (ps shows
+/// it running, detached, 4096 bytes buffered) and an attach still gets every byte, in order.
+#[test]
+fn full_ring_blocks_the_program_and_attach_gets_every_byte() {
+    if let Some(g) = Guest::start(LinkKind::Unix) {
+        full_ring_then_attach(&g);
+    }
+}
+
+#[test]
+fn full_ring_blocks_the_program_and_attach_over_a_pty_gets_every_byte() {
+    if let Some(g) = Guest::start(LinkKind::Tty) {
+        full_ring_then_attach(&g);
+    }
+}
+
+fn full_ring_then_attach(g: &Guest) {
+    const LEN: usize = 300_000;
+    let script = format!("sleep 1; seq 1 100000 | head -c {LEN}; echo done >&2; exit 3");
+    let (out1, err1, id_file) = (g.dir.path("out1"), g.dir.path("err1"), g.dir.path("id"));
+    let mut cmd = g.shim();
+    cmd.args(["exec", "--detachable", "--ring", "4096", "--id-file"])
+        .arg(&id_file)
+        .args(["sh", "-c", &script]);
+    let mut first = spawn_to_files(cmd, &out1, &err1);
+    wait_until("the id file", &mut first, || id_file.exists());
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    assert_eq!(file_len(&out1), 0, "the program had not written yet");
+    let id = read_id(&id_file);
+
+    // Nobody attached: the ring fills to 4096 bytes and stays there.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let line = loop {
+        let mut cmd = g.shim();
+        cmd.arg("ps");
+        let ps = run(cmd, b"");
+        assert_eq!(code(ps.status), 0, "stderr: {}", text(&ps.stderr));
+        let listing = text(&ps.stdout);
+        assert!(listing.starts_with("  ID     PID STATE"), "{listing}");
+        let line = listing
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id.as_str()))
+            .unwrap_or_else(|| panic!("ps does not list exec {id}:\n{listing}"))
+            .to_string();
+        if line.split_whitespace().nth(5) == Some("4096") {
+            break line;
+        }
+        assert!(Instant::now() < deadline, "the ring never filled: {line}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        cols[2..7],
+        ["running", "no", "yes", "4096", "4096"],
+        "{line}"
+    );
+    assert!(line.ends_with(&format!("sh -c {script}")), "{line}");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut cmd = g.shim();
+    cmd.arg("ps");
+    let still = text(&run(cmd, b"").stdout);
+    assert!(
+        still.contains(&line),
+        "the program went on past a full ring:\n{still}"
+    );
+
+    // Offsets the agent cannot serve are refused, naming the problem.
+    let mut cmd = g.shim();
+    cmd.args(["attach", "--stdout-offset", "5000", &id]);
+    let beyond = run(cmd, b"");
+    assert_eq!(code(beyond.status), 255);
+    assert!(
+        text(&beyond.stderr).contains("stdout offset 5000 is beyond the 4096 bytes produced"),
+        "{}",
+        text(&beyond.stderr)
+    );
+
+    let mut cmd = g.shim();
+    cmd.args(["attach", &id]);
+    let out = run(cmd, b"");
+    assert_eq!(code(out.status), 3, "stderr: {}", text(&out.stderr));
+    assert!(out.stdout == seq_output(LEN), "the output differs");
+    assert_eq!(text(&out.stderr), "done\n");
+}
+
+#[test]
+fn attach_to_an_unknown_exec_id_fails_naming_it() {
+    let Some(g) = Guest::start(LinkKind::Unix) else {
+        return;
+    };
+    let mut cmd = g.shim();
+    cmd.args(["attach", "4242"]);
+    let out = run(cmd, b"");
+    assert_eq!(code(out.status), 255);
+    assert_eq!(
+        text(&out.stderr),
+        "vmux-shim: exec.attach: no exec 4242 (unknown, or its exit was delivered)\n"
+    );
+    // A plain exec cannot be attached to either.
+    let id_file = g.dir.path("id");
+    let mut cmd = g.shim();
+    cmd.args(["exec", "--id-file"])
+        .arg(&id_file)
+        .args(["sleep", "5"]);
+    let mut plain = spawn_to_files(cmd, &g.dir.path("o"), &g.dir.path("e"));
+    wait_until("the id file", &mut plain, || id_file.exists());
+    let id = read_id(&id_file);
+    let mut cmd = g.shim();
+    cmd.args(["attach", &id]);
+    let out = run(cmd, b"");
+    assert_eq!(code(out.status), 255);
+    assert!(text(&out.stderr).contains(&format!("exec {id} is not detachable")));
+}
+
+/// Without offsets, attach resumes after the last byte the killed shim acknowledged: what it
+/// prints is the output's tail, starting no later than what the first shim wrote out. It may
+/// repeat what the first shim wrote but whose acks were still in flight, never more than the
+/// ring holds (the agent sends nothing beyond its ring of unacknowledged bytes).
+#[test]
+fn attach_without_offsets_resumes_after_the_last_acknowledged_byte() {
+    let Some(g) = Guest::start(LinkKind::Unix) else {
+        return;
+    };
+    const LEN: usize = 8 << 20;
+    let script = format!("seq 1 5000000 | head -c {LEN}");
+    let (out1, err1, id_file) = (g.dir.path("out1"), g.dir.path("err1"), g.dir.path("id"));
+    let mut cmd = g.shim();
+    cmd.args(["exec", "--detachable", "--id-file"])
+        .arg(&id_file)
+        .args(["sh", "-c", &script]);
+    let mut first = spawn_to_files(cmd, &out1, &err1);
+    wait_until("1 MiB of output arrived", &mut first, || {
+        id_file.exists() && file_len(&out1) >= 1 << 20
+    });
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let had = std::fs::read(&out1).unwrap();
+    let id = read_id(&id_file);
+
+    let mut cmd = g.shim();
+    cmd.args(["attach", &id]);
+    let out = run(cmd, b"");
+    assert_eq!(code(out.status), 0, "stderr: {}", text(&out.stderr));
+    let want = seq_output(LEN);
+    let resumed_at = want.len() - out.stdout.len();
+    assert!(
+        want.ends_with(&out.stdout),
+        "the attach output is not the output's tail"
+    );
+    assert!(
+        resumed_at <= had.len(),
+        "bytes {resumed_at}..{} were lost",
+        had.len()
+    );
+    assert!(
+        had.len() - resumed_at <= 1 << 20,
+        "{} bytes repeated, more than the 1 MiB ring",
+        had.len() - resumed_at
+    );
+    eprintln!(
+        "resumed at {resumed_at}: {} bytes the killed shim wrote are repeated",
+        had.len() - resumed_at
+    );
+    assert!(want.starts_with(&had));
+}
+
+/// The newest attach wins: a shim still attached is cut off (exit 255, nothing written) and the
+/// new one gets the whole output and the code.
+#[test]
+fn a_second_attach_takes_over_from_a_live_shim() {
+    let Some(g) = Guest::start(LinkKind::Unix) else {
+        return;
+    };
+    let script = "sleep 1; seq 1 200000; exit 5";
+    let (out1, err1, id_file) = (g.dir.path("out1"), g.dir.path("err1"), g.dir.path("id"));
+    let mut cmd = g.shim();
+    cmd.args(["exec", "--detachable", "--id-file"])
+        .arg(&id_file)
+        .args(["sh", "-c", script]);
+    let mut first = spawn_to_files(cmd, &out1, &err1);
+    wait_until("the id file", &mut first, || id_file.exists());
+    let id = read_id(&id_file);
+
+    let mut cmd = g.shim();
+    cmd.args(["attach", &id]);
+    let out = run(cmd, b"");
+    assert_eq!(code(out.status), 5, "stderr: {}", text(&out.stderr));
+    let want: String = (1..=200_000).map(|n| format!("{n}\n")).collect();
+    assert!(out.stdout == want.as_bytes(), "the output differs");
+
+    let status = first.0.wait().unwrap();
+    assert_eq!(status.code(), Some(255));
+    assert_eq!(file_len(&out1), 0);
+    let err = std::fs::read_to_string(&err1).unwrap();
+    assert_eq!(
+        err,
+        format!("vmux-shim: exec {id} was attached by another shim; this one lets go\n")
+    );
+}

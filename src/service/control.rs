@@ -18,6 +18,8 @@ mod kind {
     pub const SIGNAL: u8 = 0x01;
     /// Host to agent: set the pty window size.
     pub const RESIZE: u8 = 0x02;
+    /// Host to agent (detachable exec): output up to an offset is delivered.
+    pub const ACK: u8 = 0x03;
     /// Agent to host: the process ended and all its output was sent.
     pub const EXIT: u8 = 0x81;
     /// Agent to host: the copy ended (ok or failed).
@@ -85,6 +87,14 @@ pub enum ControlMsg {
         /// Columns.
         cols: u16,
     },
+    /// Host to agent (detachable exec): the first `offset` bytes of output `fd` are durably
+    /// delivered (written out), so the agent may drop them from its ring.
+    Ack {
+        /// 1 = stdout (with a pty: the terminal), 2 = stderr.
+        fd: u8,
+        /// Bytes of that fd's output since the process started.
+        offset: u64,
+    },
     /// Agent to host (exec): the process ended; every output byte is already sent.
     Exit(ExitStatus),
     /// Agent to host (copy): the transfer ended.
@@ -103,6 +113,10 @@ impl ControlMsg {
             ControlMsg::Resize { rows, cols } => {
                 body.u16(*rows).u16(*cols);
                 kind::RESIZE
+            }
+            ControlMsg::Ack { fd, offset } => {
+                body.u8(*fd).u64(*offset);
+                kind::ACK
             }
             ControlMsg::Exit(status) => {
                 match status {
@@ -132,6 +146,19 @@ impl ControlMsg {
                 rows: r.u16()?,
                 cols: r.u16()?,
             },
+            kind::ACK => {
+                let fd = r.u8()?;
+                if fd != 1 && fd != 2 {
+                    return Err(MessageError::BadValue {
+                        field: "ack fd",
+                        value: u64::from(fd),
+                    });
+                }
+                ControlMsg::Ack {
+                    fd,
+                    offset: r.u64()?,
+                }
+            }
             kind::EXIT => {
                 let how = r.u8()?;
                 let value = r.i32()?;
@@ -233,6 +260,18 @@ mod tests {
     }
 
     #[test]
+    fn ack_frame_bytes() {
+        let ack = ControlMsg::Ack {
+            fd: 2,
+            offset: 0x0102,
+        };
+        let want = [0x03, 9, 0, 0, 0, 2, 2, 1, 0, 0, 0, 0, 0, 0];
+        assert_eq!(ack.encode(), want);
+        assert_eq!(ControlMsg::decode(want[0], &want[5..]), Ok(ack));
+        assert!(ControlMsg::decode(0x03, &[3, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+    }
+
+    #[test]
     fn exit_frame_bytes() {
         assert_eq!(
             ControlMsg::Exit(ExitStatus::Signal(9)).encode(),
@@ -283,6 +322,7 @@ mod tests {
         prop_oneof![
             any::<u32>().prop_map(|signo| ControlMsg::Signal { signo }),
             (any::<u16>(), any::<u16>()).prop_map(|(rows, cols)| ControlMsg::Resize { rows, cols }),
+            (1u8..=2, any::<u64>()).prop_map(|(fd, offset)| ControlMsg::Ack { fd, offset }),
             any::<i32>().prop_map(|c| ControlMsg::Exit(ExitStatus::Code(c))),
             any::<i32>().prop_map(|s| ControlMsg::Exit(ExitStatus::Signal(s))),
             (any::<bool>(), any::<u64>(), any::<u32>(), ".{0,40}").prop_map(

@@ -6,7 +6,9 @@
 //! [`ControlMsg::Exit`] once the process was reaped and every output byte was handed to the
 //! session, then closes. Stdio travels on `exec.io` streams the host opens with an [`ExecIo`]
 //! (`exec_id`, fd 0/1/2). A reset of the control stream, or the end of the session, kills the
-//! process group.
+//! process group, unless the request set [`ExecRequest::detach`]: then the agent keeps the
+//! process and its unacknowledged output ([`ProcessController::ack`]) for a later
+//! [`attach`](super::attach()).
 
 use super::codec::{MessageError, Reader, Writer, MAX_STRING};
 use super::control::{ControlDecoder, ControlMsg, ExitStatus};
@@ -46,6 +48,9 @@ pub struct ExecRequest {
     pub pty: Option<PtySize>,
     /// Whether the host will send stdin (otherwise the process gets /dev/null, or the pty).
     pub stdin: bool,
+    /// Keep the process when its control stream or session ends, buffering its output in a
+    /// ring of this many bytes (0 = the agent's default, 1 MiB) until a host attaches again.
+    pub detach: Option<u32>,
 }
 
 impl ExecRequest {
@@ -63,6 +68,7 @@ impl ExecRequest {
             gid: None,
             pty: None,
             stdin: false,
+            detach: None,
         }
     }
 
@@ -124,6 +130,10 @@ impl ExecRequest {
             None => w.u8(0),
         };
         w.u8(u8::from(self.stdin));
+        // Optional trailer, absent for a plain exec (whose bytes stay what they always were).
+        if let Some(ring) = self.detach {
+            w.u8(1).u32(ring);
+        }
         w.finish()
     }
 
@@ -160,6 +170,10 @@ impl ExecRequest {
             false => None,
         };
         let stdin = r.bool("stdin flag")?;
+        let detach = match r.remaining() > 0 && r.bool("detach flag")? {
+            true => Some(r.u32()?),
+            false => None,
+        };
         r.finish()?;
         let req = ExecRequest {
             argv,
@@ -169,6 +183,7 @@ impl ExecRequest {
             gid,
             pty,
             stdin,
+            detach,
         };
         req.validate()?;
         Ok(req)
@@ -261,6 +276,19 @@ impl ProcessController {
     pub fn resize(&self, rows: u16, cols: u16) -> Result<(), ServiceError> {
         self.send(&ControlMsg::Resize { rows, cols })
     }
+
+    /// Tells the agent that the first `offset` bytes of output `fd` (1 or 2, counted since the
+    /// process started) are durably delivered, so it may drop them (detachable execs only).
+    pub fn ack(&self, fd: u8, offset: u64) -> Result<(), ServiceError> {
+        self.send(&ControlMsg::Ack { fd, offset })
+    }
+
+    /// Half-closes the control stream. For a detachable exec after its Exit (and after every
+    /// output byte was written out and acknowledged) this lets the agent forget the exec;
+    /// before Exit it detaches: the process goes on and its output waits in the agent's ring.
+    pub fn close(&self) -> Result<(), ServiceError> {
+        Ok(self.control.shutdown_write()?)
+    }
 }
 
 /// A process running in the guest, with its stdio streams.
@@ -268,6 +296,10 @@ impl ProcessController {
 pub struct RemoteProcess {
     exec_id: u64,
     pid: u32,
+    /// Whether the agent keeps it across detaches (see [`ExecRequest::detach`]).
+    detachable: bool,
+    /// The output offsets (stdout, stderr) the output streams start at.
+    offsets: [u64; 2],
     stdin: Option<Stream>,
     stdout: Option<Stream>,
     stderr: Option<Stream>,
@@ -283,6 +315,17 @@ impl RemoteProcess {
     /// The process id in the guest.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Whether the agent keeps the process when this host goes away.
+    pub fn detachable(&self) -> bool {
+        self.detachable
+    }
+
+    /// The offsets, since the process started, of the first byte the stdout and stderr streams
+    /// carry: 0 for a new exec, the replay point after an attach.
+    pub fn output_offsets(&self) -> [u64; 2] {
+        self.offsets
     }
 
     /// Takes the stdin stream (present when the request set `stdin`); close it with
@@ -364,8 +407,12 @@ impl RemoteProcess {
                 if let ControlMsg::Exit(status) = msg {
                     // Nothing more to say to a process that ended: close our half now, so the
                     // stream (and a graceful session close) completes even while a signal
-                    // forwarder still holds a controller.
-                    let _ = self.controller.control.shutdown_write();
+                    // forwarder still holds a controller. A detachable exec is closed by the
+                    // caller with [`ProcessController::close`] once its output is written out
+                    // and acknowledged: the close is what lets the agent forget it.
+                    if !self.detachable {
+                        let _ = self.controller.control.shutdown_write();
+                    }
                     return Ok(status);
                 }
             }
@@ -389,7 +436,6 @@ pub fn exec(session: &Session, request: &ExecRequest) -> Result<RemoteProcess, S
         .validate()
         .map_err(|e| ServiceError::InvalidRequest(e.to_string()))?;
     let (control, reply) = session.open_with_reply(EXEC, &request.encode())?;
-    let control = Arc::new(control);
     let reply = match ExecReply::decode(&reply) {
         Ok(r) => r,
         Err(e) => {
@@ -397,35 +443,73 @@ pub fn exec(session: &Session, request: &ExecRequest) -> Result<RemoteProcess, S
             return Err(e.into());
         }
     };
+    let started = Started {
+        exec_id: reply.exec_id,
+        pid: reply.pid,
+        detachable: request.detach.is_some(),
+        offsets: [0, 0],
+        stdin: request.stdin,
+        pty: request.pty.is_some(),
+    };
+    with_stdio(session, control, started)
+}
+
+/// What the agent said about a process whose stdio is to be opened.
+pub(super) struct Started {
+    /// The agent's id for it.
+    pub exec_id: u64,
+    /// Its pid in the guest.
+    pub pid: u32,
+    /// Whether it survives this host.
+    pub detachable: bool,
+    /// Where its stdout and stderr streams start.
+    pub offsets: [u64; 2],
+    /// Whether to open stdin.
+    pub stdin: bool,
+    /// Whether it runs on a pty (no stderr stream then).
+    pub pty: bool,
+}
+
+/// Opens the stdio streams of a process whose control stream is `control`.
+pub(super) fn with_stdio(
+    session: &Session,
+    control: Stream,
+    started: Started,
+) -> Result<RemoteProcess, ServiceError> {
+    let control = Arc::new(control);
     let controller = ProcessController {
         control: control.clone(),
         write_lock: Arc::new(Mutex::new(())),
     };
+    let id = started.exec_id;
     let opened = (|| {
         // stdin first: the agent keeps an exec while its output streams are still to come, so
         // a program that exits at once cannot take the exec away before stdin is attached.
-        let stdin = match request.stdin {
-            true => Some(open_io(session, reply.exec_id, 0)?),
+        let stdin = match started.stdin {
+            true => Some(open_io(session, id, 0)?),
             false => None,
         };
-        let stdout = open_io(session, reply.exec_id, 1)?;
-        let stderr = match request.pty {
-            Some(_) => None,
-            None => Some(open_io(session, reply.exec_id, 2)?),
+        let stdout = open_io(session, id, 1)?;
+        let stderr = match started.pty {
+            true => None,
+            false => Some(open_io(session, id, 2)?),
         };
         Ok::<_, ServiceError>((stdin, stdout, stderr))
     })();
     match opened {
         Ok((stdin, stdout, stderr)) => Ok(RemoteProcess {
-            exec_id: reply.exec_id,
-            pid: reply.pid,
+            exec_id: id,
+            pid: started.pid,
+            detachable: started.detachable,
+            offsets: started.offsets,
             stdin,
             stdout: Some(stdout),
             stderr,
             controller,
         }),
         Err(e) => {
-            // Without its stdio the process is of no use: the reset kills it.
+            // Without its stdio the process is of no use: the reset kills it (a detachable
+            // one is only detached).
             let _ = control.reset(crate::wire::ErrorCode::CANCEL);
             Err(e)
         }
@@ -447,6 +531,7 @@ mod tests {
             gid: None,
             pty: Some(PtySize { rows: 24, cols: 80 }),
             stdin: true,
+            detach: None,
         };
         let want: Vec<u8> = [
             &[1, 0, 0, 0][..],
@@ -462,6 +547,17 @@ mod tests {
         .concat();
         assert_eq!(req.encode(), want);
         assert_eq!(ExecRequest::decode(&want), Ok(req));
+    }
+
+    #[test]
+    fn detachable_request_appends_its_ring_size() {
+        let mut req = ExecRequest::new(["top"]);
+        let plain = req.encode();
+        req.detach = Some(4096);
+        let bytes = req.encode();
+        assert_eq!(bytes[..plain.len()], plain[..]);
+        assert_eq!(bytes[plain.len()..], [1, 0, 0x10, 0, 0]);
+        assert_eq!(ExecRequest::decode(&bytes), Ok(req));
     }
 
     #[test]
@@ -508,16 +604,20 @@ mod tests {
             proptest::option::of(any::<u32>()),
             proptest::option::of((any::<u16>(), any::<u16>())),
             any::<bool>(),
+            proptest::option::of(any::<u32>()),
         )
-            .prop_map(|(argv, env, cwd, uid, gid, pty, stdin)| ExecRequest {
-                argv,
-                env,
-                cwd,
-                uid,
-                gid,
-                pty: pty.map(|(rows, cols)| PtySize { rows, cols }),
-                stdin,
-            })
+            .prop_map(
+                |(argv, env, cwd, uid, gid, pty, stdin, detach)| ExecRequest {
+                    argv,
+                    env,
+                    cwd,
+                    uid,
+                    gid,
+                    pty: pty.map(|(rows, cols)| PtySize { rows, cols }),
+                    stdin,
+                    detach,
+                },
+            )
     }
 
     proptest! {

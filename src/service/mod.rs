@@ -1,4 +1,5 @@
-//! The services the agent offers over a session (`info`, `exec`, `copy`, `forward`, `shutdown`):
+//! The services the agent offers over a session (`info`, `exec`, `exec.attach`, `exec.list`,
+//! `copy`, `forward`, `shutdown`):
 //! their message codecs, shared by the agent and the host, and the host-side client API.
 //!
 //! Every service is a stream opened by name with OPEN; its arguments and the OPEN_OK reply are
@@ -14,6 +15,7 @@
 //! [`shutdown()`]) block the calling thread; they return [`ServiceError`], which keeps the
 //! [`SessionError`] or [`io::Error`] it came from as its source.
 
+pub mod attach;
 mod codec;
 mod control;
 pub mod copy;
@@ -22,6 +24,7 @@ pub mod forward;
 pub mod info;
 pub mod shutdown;
 
+pub use attach::{attach, exec_list, AttachReply, ExecAttach, ExecEntry, ExecList, ExecState};
 pub use codec::{MessageError, Reader, Writer, MAX_STRING};
 pub use control::{ControlDecoder, ControlMsg, CopyResult, ExitStatus, MAX_CONTROL_BODY};
 pub use copy::{copy_get, copy_put, CopyData, CopyReady, CopyReport, CopyRequest};
@@ -41,6 +44,10 @@ pub const INFO: &str = "info";
 pub const EXEC: &str = "exec";
 /// Service name: one stdio stream of a process started with [`EXEC`].
 pub const EXEC_IO: &str = "exec.io";
+/// Service name: take over a detachable exec from this session (its new control stream).
+pub const EXEC_ATTACH: &str = "exec.attach";
+/// Service name: list the processes the agent holds.
+pub const EXEC_LIST: &str = "exec.list";
 /// Service name: put or get a file (this stream is the transfer's control stream).
 pub const COPY: &str = "copy";
 /// Service name: the data of a transfer started with [`COPY`].
@@ -51,7 +58,17 @@ pub const FORWARD: &str = "forward";
 pub const SHUTDOWN: &str = "shutdown";
 
 /// Every service name the agent serves.
-pub const SERVICES: [&str; 7] = [INFO, EXEC, EXEC_IO, COPY, COPY_DATA, FORWARD, SHUTDOWN];
+pub const SERVICES: [&str; 9] = [
+    INFO,
+    EXEC,
+    EXEC_IO,
+    EXEC_ATTACH,
+    EXEC_LIST,
+    COPY,
+    COPY_DATA,
+    FORWARD,
+    SHUTDOWN,
+];
 
 /// Extends a CRC32C (Castagnoli) over `bytes`; start from 0. The checksum `copy` compares.
 pub fn crc32c_append(crc: u32, bytes: &[u8]) -> u32 {

@@ -1,11 +1,13 @@
-//! The agent's services (`info`, `exec`, `exec.io`, `copy`, `copy.data`, `forward`,
-//! `shutdown`; messages in [`vmux::service`]) served by ONE thread for every session.
+//! The agent's services (`info`, `exec`, `exec.io`, `exec.attach`, `exec.list`, `copy`,
+//! `copy.data`, `forward`, `shutdown`; messages in [`vmux::service`]) served by ONE thread for
+//! every session.
 //!
 //! [`run`] is a `crossbeam_channel` select loop over: new sessions (from the reactor's listeners
 //! and ports), the incoming streams of every live session (one receiver each, selected
 //! dynamically), events of control streams accepted as channels (`exec`, `copy`, `shutdown`),
 //! the ends of pumps (stdio, file data and forwards move inside the reactor thread, never here),
-//! and child exits. No thread is started per stream or per process.
+//! and child exits. No thread is started per stream or per process, except for the outputs of
+//! detachable execs, which must be read while no stream exists (see `exec` and `ring`).
 //!
 //! Children are collected with `waitpid(-1)` ([`crate::reaper::reap`]) on this thread only,
 //! when a child event arrives (the signalfd watcher in [`crate::serve`]) and every
@@ -15,6 +17,7 @@
 
 mod copy;
 mod exec;
+mod ring;
 mod sys;
 
 use crate::reaper::{self, ChildStatus};
@@ -81,6 +84,8 @@ enum PumpOwner {
 struct Ctx {
     channel_tx: Sender<ChannelEvent>,
     pump_tx: Sender<PumpDone>,
+    /// Where the senders of detachable execs' rings report their end.
+    ring_tx: Sender<ring::SenderDone>,
     channels: HashMap<Key, ChannelOwner>,
     pumps: HashMap<Key, PumpOwner>,
     next_id: u64,
@@ -124,6 +129,7 @@ enum Input {
     SessionEnded(usize),
     Channel(ChannelEvent),
     Pump(PumpDone),
+    Ring(ring::SenderDone),
     Children,
 }
 
@@ -132,6 +138,7 @@ struct ServiceLoop {
     ctx: Ctx,
     channel_rx: Receiver<ChannelEvent>,
     pump_rx: Receiver<PumpDone>,
+    ring_rx: Receiver<ring::SenderDone>,
     sessions: Vec<Session>,
     sessions_open: bool,
     execs: exec::Execs,
@@ -146,16 +153,19 @@ struct ServiceLoop {
 pub fn run(sessions: Receiver<Session>, child_events: Receiver<()>, options: Options) {
     let (channel_tx, channel_rx) = crossbeam_channel::unbounded();
     let (pump_tx, pump_rx) = crossbeam_channel::unbounded();
+    let (ring_tx, ring_rx) = crossbeam_channel::unbounded();
     let mut lp = ServiceLoop {
         ctx: Ctx {
             channel_tx,
             pump_tx,
+            ring_tx,
             channels: HashMap::new(),
             pumps: HashMap::new(),
             next_id: 0,
         },
         channel_rx,
         pump_rx,
+        ring_rx,
         sessions: Vec::new(),
         sessions_open: true,
         execs: exec::Execs::default(),
@@ -181,9 +191,16 @@ impl ServiceLoop {
         child_events: &Receiver<()>,
         children_open: &mut bool,
     ) -> Input {
+        // Control-stream events first: on a serial link a restarted host reuses stream ids in
+        // the same session, and the reactor queues the old streams' ends before it delivers
+        // anything of the new host, so handling those ends first keeps the keys unambiguous.
+        if let Ok(ev) = self.channel_rx.try_recv() {
+            return Input::Channel(ev);
+        }
         let mut sel = Select::new();
         let i_channel = sel.recv(&self.channel_rx);
         let i_pump = sel.recv(&self.pump_rx);
+        let i_ring = sel.recv(&self.ring_rx);
         let i_sessions = self.sessions_open.then(|| sel.recv(sessions));
         let i_children = children_open.then(|| sel.recv(child_events));
         let session_indices: Vec<usize> = self
@@ -204,6 +221,12 @@ impl ServiceLoop {
             return match op.recv(&self.channel_rx) {
                 Ok(ev) => Input::Channel(ev),
                 // This loop holds a sender: cannot happen.
+                Err(_) => Input::Children,
+            };
+        }
+        if index == i_ring {
+            return match op.recv(&self.ring_rx) {
+                Ok(done) => Input::Ring(done),
                 Err(_) => Input::Children,
             };
         }
@@ -263,6 +286,7 @@ impl ServiceLoop {
             }
             Input::Channel(ev) => self.channel_event(ev),
             Input::Pump(done) => self.pump_done(done),
+            Input::Ring(done) => self.execs.ring_output_done(done),
             Input::Children => self.reap(),
         }
     }
@@ -273,6 +297,12 @@ impl ServiceLoop {
             service::INFO => serve_info(session, incoming),
             service::EXEC => self.execs.open(&mut self.ctx, incoming),
             service::EXEC_IO => self.execs.open_io(&mut self.ctx, incoming),
+            service::EXEC_ATTACH => self.execs.attach(&mut self.ctx, incoming),
+            service::EXEC_LIST => {
+                if let Err(e) = incoming.accept(&self.execs.list().encode()) {
+                    log::debug!("exec.list: {e}");
+                }
+            }
             service::COPY => self.copies.open(&mut self.ctx, incoming),
             service::COPY_DATA => self.copies.open_data(&mut self.ctx, incoming),
             service::FORWARD => serve_forward(&mut self.ctx, incoming),
@@ -293,7 +323,7 @@ impl ServiceLoop {
             self.ctx.channels.remove(&key);
         }
         match owner {
-            ChannelOwner::Exec(id) => self.execs.control_event(id, ev.kind),
+            ChannelOwner::Exec(id) => self.execs.control_event(id, key, ev.kind),
             ChannelOwner::Copy(id) => self.copies.control_event(id, ev.kind),
             ChannelOwner::Shutdown { reboot } => match ev.kind {
                 ChannelEventKind::PeerClosed | ChannelEventKind::Ended(Ok(())) => {
