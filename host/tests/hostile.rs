@@ -1,0 +1,374 @@
+//! Hostile-peer suite against the real binaries: a scripted peer ([`support::Peer`]) breaks the
+//! protocol in every documented way against (a) a real `vmux-agent --listen unix://...` and
+//! (b) a real `vmux-shim serve`, both as its hostile *guest* (serve dials a socket the test
+//! listens on) and as its hostile *client*. Each case asserts the reply docs/protocol.md
+//! documents (RESET / OPEN_ERR / GOAWAY codes, drops counted in the agent's `info` counters),
+//! and afterwards that the victim is alive (no exit, no panic on stderr), under
+//! [`support::RSS_LIMIT_KIB`] (VmRSS / VmHWM printed), and still serving a well-behaved client
+//! (the library's `info` and `vmux-shim exec echo ok`).
+//!
+//! Every wait is bounded and fails with a message; nothing asserts on time.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::{Peer, TempDir, Victim, READ_LIMIT};
+use vmux::mux::Config;
+use vmux::reactor::{random_nonce, Reactor};
+use vmux::service::{ForwardTarget, Info};
+use vmux::wire::{self, ErrorCode, Features, Flags, Kind, Role};
+
+// ----- processes and well-behaved clients -----
+
+fn shim_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vmux-shim"))
+}
+
+fn agent_path() -> PathBuf {
+    let agent = shim_path()
+        .parent()
+        .expect("the shim binary has a directory")
+        .join("vmux-agent");
+    assert!(
+        agent.exists(),
+        "{} is missing: run 'cargo build --workspace' first (cargo test --workspace does it)",
+        agent.display()
+    );
+    agent
+}
+
+/// A real agent listening on a unix socket in its own directory.
+struct Agent {
+    victim: Victim,
+    sock: PathBuf,
+    dir: TempDir,
+}
+
+impl Agent {
+    fn start(tag: &str) -> Agent {
+        let dir = TempDir::new(tag);
+        let sock = dir.path("agent.sock");
+        let mut cmd = Command::new(agent_path());
+        cmd.arg("--listen")
+            .arg(format!("unix://{}", sock.display()))
+            .env("VMUX_LOG", std::env::var("HOSTILE_AGENT_LOG").unwrap_or("warn".into()));
+        let mut victim = Victim::spawn("vmux-agent", cmd, &dir);
+        victim.wait_for_path(&sock);
+        Agent { victim, sock, dir }
+    }
+
+    fn addr(&self) -> String {
+        format!("unix://{}", self.sock.display())
+    }
+
+    fn peer(&self) -> Peer {
+        Peer::connect(&self.sock, Role::Client)
+    }
+
+    /// See [`still_serves`].
+    fn still_serves(&mut self, case: &str) {
+        let addr = self.addr();
+        still_serves(&mut self.victim, &addr, case);
+    }
+
+    /// The peer, HELLO exchanged.
+    fn hostile(&self) -> Peer {
+        let mut p = self.peer();
+        p.handshake(Features::empty());
+        p
+    }
+}
+
+/// `info` through the library, on a fresh well-behaved session.
+fn library_info(addr: &str) -> Info {
+    let reactor = Reactor::spawn().expect("reactor");
+    let link = vmux::transport::dial(&addr.parse().expect("address"), READ_LIMIT)
+        .unwrap_or_else(|e| panic!("well-behaved client: dial {addr}: {e}"));
+    let session = reactor
+        .add_link(link, Config::new(Role::Client, random_nonce()))
+        .expect("add link");
+    session
+        .wait_established(READ_LIMIT)
+        .unwrap_or_else(|e| panic!("well-behaved client: HELLO with {addr}: {e}"));
+    let info = vmux::service::info(&session)
+        .unwrap_or_else(|e| panic!("well-behaved client: info from {addr}: {e}"));
+    let _ = session.close();
+    reactor.shutdown();
+    info
+}
+
+/// Runs the shim against `addr` with a watchdog that kills it (by PID) after [`READ_LIMIT`] x 4.
+fn shim(addr: &str, args: &[&str]) -> Output {
+    let mut cmd = Command::new(shim_path());
+    cmd.arg("-c")
+        .arg(addr)
+        .arg("--timeout")
+        .arg("30")
+        .args(args)
+        .env_remove("VMUX_ADDR")
+        .env("VMUX_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("spawn vmux-shim");
+    let pid = child.id();
+    let done = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + READ_LIMIT * 4;
+            while !done.load(Ordering::Relaxed) {
+                if Instant::now() > deadline {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            false
+        })
+    };
+    let out = child.wait_with_output().expect("wait for vmux-shim");
+    done.store(true, Ordering::Relaxed);
+    assert!(!watchdog.join().unwrap(), "vmux-shim {args:?} hung");
+    out
+}
+
+/// A well-behaved client still gets service from the victim: `info` through the library and
+/// `vmux-shim exec echo ok`; then the victim's memory is checked.
+fn still_serves(victim: &mut Victim, addr: &str, case: &str) {
+    victim.assert_alive();
+    let info = library_info(addr);
+    assert!(info.agent_version.is_some(), "{case}: info without a version");
+    let out = shim(addr, &["exec", "echo", "ok"]);
+    assert_eq!(
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).as_ref()),
+        (Some(0), "ok\n"),
+        "{case}: vmux-shim exec echo ok; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    victim.check_memory(case);
+}
+
+/// A header with any raw fields and a correct header CRC.
+fn raw_header(kind: u8, flags: u16, stream: u32, len: u32) -> [u8; wire::HEADER_LEN] {
+    let mut h = [0u8; wire::HEADER_LEN];
+    wire::Header {
+        kind: Kind::Data,
+        flags: Flags::empty(),
+        stream,
+        len,
+    }
+    .emit(&mut h);
+    h[3] = kind;
+    h[4..6].copy_from_slice(&flags.to_le_bytes());
+    let crc = wire::crc32c(&h[..16]);
+    h[16..20].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+// ----- the agent as the victim -----
+
+/// A unix socket the victim's `forward` service connects to and the test never reads: what the
+/// victim can consume from a stream forwarded there is bounded by the socket buffers.
+struct Sink {
+    path: PathBuf,
+    listener: UnixListener,
+    held: Vec<UnixStream>,
+}
+
+impl Sink {
+    fn new(dir: &TempDir) -> Sink {
+        let path = dir.path("sink.sock");
+        let listener = UnixListener::bind(&path).expect("bind the sink");
+        Sink {
+            path,
+            listener,
+            held: Vec::new(),
+        }
+    }
+
+    /// The `forward` OPEN arguments that reach this sink.
+    fn target(&self) -> Vec<u8> {
+        ForwardTarget::Unix(self.path.clone()).encode()
+    }
+
+    /// Accepts the victim's connection and keeps it, unread.
+    fn hold(&mut self) {
+        let (conn, _) = self.listener.accept().expect("accept the forward");
+        self.held.push(conn);
+    }
+}
+
+/// Sends DATA on `id` in 64 KiB frames, `total` bytes in all, from a thread (the victim reads
+/// while it writes replies the caller reads).
+fn send_data_in_background(p: &Peer, id: u32, total: usize) -> std::thread::JoinHandle<()> {
+    let mut bytes = Vec::with_capacity(total + total / 1000);
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(60 << 10);
+        bytes.extend(p.frame(Kind::Data, Flags::empty(), id, &vec![b'x'; n]));
+        left -= n;
+    }
+    let mut w = p.writer();
+    std::thread::spawn(move || {
+        // The victim may hang up once it has had enough; that is not this thread's business.
+        let _ = w.write_all(&bytes);
+    })
+}
+
+/// Bytes of DATA certain to pass any credit a victim can grant on a stream whose consumer is
+/// stuck: what it consumed (bounded by a sink's socket buffers and one pump chunk, well under
+/// 1 MiB) plus one stream window (256 KiB).
+const PAST_ANY_CREDIT: usize = 8 << 20;
+
+#[test]
+fn agent_resets_data_beyond_credit_with_flow_control_and_the_session_goes_on() {
+    let mut agent = Agent::start("credit");
+    let mut sink = Sink::new(&agent.dir);
+    let mut p = agent.hostile();
+    p.send_open(1, 1 << 20, "forward", &sink.target());
+    p.expect_open_ok(1);
+    sink.hold();
+    // DATA past the granted credit: the sink stops reading, the agent stops granting, and the
+    // hostile side keeps sending.
+    let writer = send_data_in_background(&p, 1, PAST_ANY_CREDIT);
+    let msg = p.expect_reset(1, ErrorCode::FLOW_CONTROL);
+    eprintln!("agent: RESET(FLOW_CONTROL) on stream 1: {msg}");
+    writer.join().unwrap();
+    // The session goes on: a PING is answered, and what followed the RESET was dropped as stale.
+    p.assert_alive(11);
+    let facts = p.info(3).session;
+    eprintln!("agent: after the credit violation: {facts:?}");
+    assert_eq!(facts.resets_sent, Some(1), "{facts:?}");
+    assert!(facts.stale_frames >= Some(1), "{facts:?}");
+    agent.victim.check_memory("DATA beyond credit");
+    agent.still_serves("DATA beyond credit");
+}
+
+#[test]
+fn agent_refuses_an_open_past_its_stream_limit_with_stream_limit() {
+    let mut agent = Agent::start("limit");
+    let mut p = agent.hostile();
+    let (_, max_streams) = p.victim_limits();
+    // `info` streams the hostile side never closes: each stays open at the agent.
+    let ids: Vec<u32> = (0..max_streams).map(|i| 2 * i + 1).collect();
+    let mut burst = Vec::new();
+    for &id in &ids {
+        let mut args = Vec::new();
+        vmux::wire::Open {
+            initial_credit: 1024,
+            service: "info",
+            args: &[],
+        }
+        .emit(&mut args);
+        burst.extend(p.frame(Kind::Open, Flags::empty(), id, &args));
+    }
+    p.send_raw(&burst);
+    let over = 2 * max_streams + 1;
+    p.send_open(over, 1024, "info", &[]);
+    let msg = p.expect_open_err(over, ErrorCode::STREAM_LIMIT);
+    eprintln!("agent: OPEN_ERR(STREAM_LIMIT) for stream {over}: {msg}");
+    // The first stream ends once both CLOSEs crossed; then there is room for one more.
+    p.expect_close(1);
+    p.send_close(1);
+    p.send_open(over + 2, 1024, "info", &[]);
+    p.expect_open_ok(over + 2);
+    p.assert_alive(21);
+    agent.victim.check_memory(&format!("{max_streams} open streams"));
+    // Another session is not affected by this one's limit.
+    agent.still_serves("stream limit");
+}
+
+#[test]
+fn agent_ends_the_session_with_frame_too_large_for_an_oversized_length() {
+    let mut agent = Agent::start("large");
+    for len in [None, Some(1u32 << 30), Some(u32::MAX)] {
+        let mut p = agent.hostile();
+        let (max_frame, _) = p.victim_limits();
+        let len = len.unwrap_or(max_frame + 1);
+        // Only the header: the length is refused before any payload buffer exists.
+        p.send_raw(&raw_header(Kind::Data as u8, 0, 1, len));
+        let msg = p.expect_goaway(ErrorCode::FRAME_TOO_LARGE);
+        eprintln!("agent: GOAWAY(FRAME_TOO_LARGE) for length {len}: {msg}");
+        agent.still_serves(&format!("length {len}"));
+    }
+}
+
+#[test]
+fn agent_survives_links_closed_mid_frame() {
+    let mut agent = Agent::start("truncated");
+    let hello_then = |cut: &dyn Fn(&Peer) -> Vec<u8>| {
+        let mut p = agent.hostile();
+        let bytes = cut(&p);
+        p.send_raw(&bytes);
+        p.shutdown_write();
+        // The agent ends the session on EOF: the link closes (whatever it said before).
+        p.drain_to_eof();
+    };
+    // Half a header, a header without its payload, a payload without its trailer.
+    hello_then(&|_| raw_header(Kind::Ping as u8, 0, 0, 8)[..10].to_vec());
+    hello_then(&|p| {
+        let mut f = p.frame(Kind::Open, Flags::empty(), 1, b"\0\0\x01\0\x04info");
+        f.truncate(wire::HEADER_LEN);
+        f
+    });
+    hello_then(&|p| {
+        let mut f = p.frame(Kind::Data, Flags::empty(), 1, &[7; 4000]);
+        f.truncate(wire::HEADER_LEN + 1000);
+        f
+    });
+    // Before any HELLO: a partial HELLO, then nothing.
+    let mut p = agent.peer();
+    let mut hello = p.frame(Kind::Hello, Flags::empty(), 0, &[0; 40]);
+    hello.truncate(30);
+    p.send_raw(&hello);
+    p.shutdown_write();
+    p.drain_to_eof();
+    agent.still_serves("links closed mid-frame");
+}
+
+#[test]
+fn agent_drops_frames_with_bad_crcs_counts_them_and_resyncs() {
+    let mut agent = Agent::start("crc");
+    let mut p = agent.peer();
+    // Ask for payload trailers, as a serial link would.
+    p.handshake(Features::PAYLOAD_CRC);
+    // Frames that would end the session if they were believed: DATA on a never-opened stream.
+    let mut bad_header = p.frame(Kind::Data, Flags::empty(), 99, b"never opened");
+    bad_header[8] ^= 0x40; // stream id changed, header CRC no longer matches
+    let mut bad_payload = p.frame(Kind::Data, Flags::empty(), 101, b"never opened either");
+    let last = bad_payload.len() - 1;
+    bad_payload[last] ^= 0x01; // trailer no longer matches
+    let noise = b"console noise\r\n".to_vec();
+    let mut bad_ping = p.frame(Kind::Ping, Flags::empty(), 0, &77u64.to_le_bytes());
+    bad_ping[wire::HEADER_LEN] ^= 0x01; // payload changed under its trailer: a PING for 76
+    // Two runs of discarded bytes, each counted as one resync, with a good frame between.
+    p.send_raw(&bad_header);
+    p.send_ping(1);
+    p.expect_pong(1);
+    for bytes in [&bad_payload, &noise, &bad_ping] {
+        p.send_raw(bytes);
+    }
+    // The next good frame is found and answered; the corrupt PING never was.
+    p.send_ping(78);
+    assert_eq!(p.expect_pong(78), 1, "a PONG for the corrupt PING was sent");
+    let facts = p.info(1).session;
+    eprintln!("agent: after corrupt frames: {facts:?}");
+    assert_eq!(facts.header_crc_errors, Some(1), "{facts:?}");
+    assert_eq!(facts.payload_crc_errors, Some(2), "{facts:?}");
+    assert_eq!(facts.resyncs, Some(2), "{facts:?}");
+    let corrupt = bad_header.len() + bad_payload.len() + noise.len() + bad_ping.len();
+    assert_eq!(facts.discarded_bytes, Some(corrupt as u64), "{facts:?}");
+    p.assert_alive(79);
+    agent.still_serves("corrupt frames");
+}
