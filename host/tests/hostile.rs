@@ -176,6 +176,16 @@ fn raw_header(kind: u8, flags: u16, stream: u32, len: u32) -> [u8; wire::HEADER_
     h
 }
 
+/// Rewrites the kind, flags and stream id of the frame at the start of `bytes` and makes its
+/// header CRC right again (a frame the decoder accepts and the mux must judge).
+fn patch_header(bytes: &mut [u8], kind: u8, flags: u16, stream: u32) {
+    bytes[3] = kind;
+    bytes[4..6].copy_from_slice(&flags.to_le_bytes());
+    bytes[8..12].copy_from_slice(&stream.to_le_bytes());
+    let crc = wire::crc32c(&bytes[..16]);
+    bytes[16..20].copy_from_slice(&crc.to_le_bytes());
+}
+
 // ----- the agent as the victim -----
 
 /// A unix socket the victim's `forward` service connects to and the test never reads: what the
@@ -371,4 +381,114 @@ fn agent_drops_frames_with_bad_crcs_counts_them_and_resyncs() {
     assert_eq!(facts.discarded_bytes, Some(corrupt as u64), "{facts:?}");
     p.assert_alive(79);
     agent.still_serves("corrupt frames");
+}
+
+#[test]
+fn agent_ends_the_session_with_protocol_for_unknown_kinds_flags_and_stream_ids() {
+    let mut agent = Agent::start("protocol");
+    // A well-behaved session stays up through all of it.
+    let mut bystander = agent.hostile();
+    // Each case is a well-formed frame (payload trailer included where the kind needs one)
+    // with one header field changed and the header CRC made right again.
+    let cases: [(&str, Kind, u8, u16, u32); 7] = [
+        ("unknown kind 0x42", Kind::Data, 0x42, 0, 1),
+        ("unknown kind 0x00", Kind::Ping, 0x00, 0, 0),
+        ("DATA with flag 0x8000", Kind::Data, Kind::Data as u8, 0x8000, 1),
+        ("HELLO with flag 0x0002", Kind::Hello, Kind::Hello as u8, 0x0002, 0),
+        ("GOAWAY with flag 0x0100", Kind::GoAway, Kind::GoAway as u8, 0x0100, 0),
+        ("PING on stream 5", Kind::Ping, Kind::Ping as u8, 0, 5),
+        ("CREDIT on stream 0", Kind::Credit, Kind::Credit as u8, 0, 0),
+    ];
+    for (what, like, kind, flags, stream) in cases {
+        let mut p = agent.hostile();
+        let payload: Vec<u8> = match like {
+            Kind::Hello => p.victim_hello.unwrap().to_bytes().to_vec(),
+            Kind::GoAway => 0u32.to_le_bytes().to_vec(),
+            Kind::Credit => 1u32.to_le_bytes().to_vec(),
+            _ => vec![0; 8],
+        };
+        let mut bytes = p.frame(like, Flags::empty(), stream.max(1), &payload);
+        patch_header(&mut bytes, kind, flags, stream);
+        p.send_raw(&bytes);
+        let msg = p.expect_goaway(ErrorCode::PROTOCOL);
+        eprintln!("agent: GOAWAY(PROTOCOL) for {what}: {msg}");
+        agent.victim.assert_alive();
+    }
+    bystander.assert_alive(1);
+    agent.still_serves("unknown kinds, flags and stream ids");
+}
+
+#[test]
+fn agent_drops_data_on_ended_streams_as_stale_and_refuses_never_opened_ones() {
+    let mut agent = Agent::start("stale");
+    let mut sink = Sink::new(&agent.dir);
+    let mut p = agent.hostile();
+    // Stream 1 ends normally: both CLOSEs crossed.
+    p.send_open(1, 1 << 20, "info", &[]);
+    p.expect_open_ok(1);
+    p.expect_close(1);
+    p.send_close(1);
+    // Stream 3 ends by our RESET.
+    p.send_open(3, 1 << 20, "forward", &sink.target());
+    p.expect_open_ok(3);
+    sink.hold();
+    p.send_reset(3, ErrorCode::CANCEL);
+    // DATA the peer "sent before it learned of the end": dropped, counted, nothing answered.
+    p.send_data(1, b"late for stream 1");
+    p.send_data(3, b"late for stream 3");
+    p.assert_alive(31);
+    // DATA after our own CLOSE on a stream still open the other way: RESET(PROTOCOL).
+    p.send_open(5, 1 << 20, "forward", &sink.target());
+    p.expect_open_ok(5);
+    sink.hold();
+    p.send_close(5);
+    p.send_data(5, b"after close");
+    let msg = p.expect_reset(5, ErrorCode::PROTOCOL);
+    eprintln!("agent: RESET(PROTOCOL) for DATA after CLOSE: {msg}");
+    let facts = p.info(7).session;
+    eprintln!("agent: after late DATA: {facts:?}");
+    assert_eq!(facts.stale_frames, Some(2), "{facts:?}");
+    assert_eq!(facts.resets_sent, Some(1), "{facts:?}");
+    // DATA on an id of ours that was never opened is a protocol error.
+    p.send_data(1001, b"never opened");
+    let msg = p.expect_goaway(ErrorCode::PROTOCOL);
+    eprintln!("agent: GOAWAY(PROTOCOL) for DATA on a never-opened stream: {msg}");
+    agent.still_serves("DATA on ended and never-opened streams");
+}
+
+/// PINGs sent in the flood.
+const PING_FLOOD: u64 = 100_000;
+
+/// Floods `p` with [`PING_FLOOD`] PINGs from a thread while reading: returns the PONGs seen up
+/// to the one for the last PING.
+fn ping_flood(p: &mut Peer) -> usize {
+    let mut flood = Vec::new();
+    for i in 0..PING_FLOOD {
+        flood.extend(p.frame(Kind::Ping, Flags::empty(), 0, &i.to_le_bytes()));
+    }
+    let mut w = p.writer();
+    let writer = std::thread::spawn(move || w.write_all(&flood));
+    let pongs = p.expect_pong(PING_FLOOD - 1);
+    writer.join().unwrap().expect("write the flood");
+    pongs
+}
+
+#[test]
+fn agent_answers_a_ping_flood_with_a_bounded_number_of_pongs() {
+    let mut agent = Agent::start("pings");
+    let mut p = agent.hostile();
+    let addr = agent.addr();
+    // A well-behaved client works while the flood is on.
+    let bystander = std::thread::spawn(move || library_info(&addr));
+    let pongs = ping_flood(&mut p);
+    eprintln!("agent: {PING_FLOOD} PINGs cost {pongs} PONGs");
+    assert!(
+        pongs as u64 <= PING_FLOOD / 100,
+        "{pongs} PONGs for {PING_FLOOD} PINGs: a flood must cost about one PONG per read"
+    );
+    assert!(bystander.join().unwrap().agent_version.is_some());
+    let facts = p.info(1).session;
+    assert!(facts.frames_in >= Some(PING_FLOOD), "{facts:?}");
+    p.assert_alive(PING_FLOOD + 1);
+    agent.still_serves("a ping flood");
 }
