@@ -43,6 +43,10 @@ const WAKER: Token = Token(0);
 const READ_BUF: usize = 256 << 10;
 /// Bytes a pump reads from its fd per `read(2)`.
 const PUMP_CHUNK: usize = 64 << 10;
+/// Pumps stop reading while a session holds this many stream bytes not yet framed: the peer's
+/// credit bounds what it will *receive*, not what this side may queue for a link the peer
+/// does not read (a hostile peer grants up to 4 GiB and never reads).
+const PUMP_QUEUE_CAP: usize = 4 * PUMP_CHUNK;
 /// Bytes a stream handle may queue for writing before the writer blocks.
 const HANDLE_TX_CAP: usize = 256 << 10;
 /// A reader reports consumption to the reactor every this many bytes (and before it waits).
@@ -2068,7 +2072,15 @@ impl SessionEntry {
         };
         let mut turns = 0;
         while from.ready && !p.from_done {
-            let cap = self.mux.send_capacity(id).min(PUMP_CHUNK).min(buf.len());
+            // Bounded by credit and by what waits unframed; every drive round tries again, so
+            // the pump resumes as soon as the link takes the queued bytes.
+            let room = PUMP_QUEUE_CAP.saturating_sub(self.mux.buffered().tx);
+            let cap = self
+                .mux
+                .send_capacity(id)
+                .min(room)
+                .min(PUMP_CHUNK)
+                .min(buf.len());
             if cap == 0 {
                 break;
             }
