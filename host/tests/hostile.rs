@@ -492,3 +492,119 @@ fn agent_answers_a_ping_flood_with_a_bounded_number_of_pongs() {
     p.assert_alive(PING_FLOOD + 1);
     agent.still_serves("a ping flood");
 }
+
+/// OPENs in a never-reading flood: far more control frames than the victim may queue
+/// (`max_pending_control`, 4096) plus what its output buffer (256 KiB) and the socket hold.
+const OPEN_FLOOD: u32 = 40_000;
+
+/// OPEN frames for `service` on ids `first, first + 2, ...`, `n` of them.
+fn open_burst(p: &Peer, first: u32, n: u32, service: &str) -> Vec<u8> {
+    let mut args = Vec::new();
+    vmux::wire::Open {
+        initial_credit: 1024,
+        service,
+        args: &[],
+    }
+    .emit(&mut args);
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.extend(p.frame(Kind::Open, Flags::empty(), first + 2 * i, &args));
+    }
+    out
+}
+
+#[test]
+fn agent_ends_the_session_of_a_peer_that_never_reads_with_overload() {
+    let mut agent = Agent::start("overload");
+    // All at once: the first streams are accepted, the rest refused by the mux itself.
+    let mut p = agent.hostile();
+    let burst = open_burst(&p, 1, OPEN_FLOOD, "info");
+    p.send_raw(&burst);
+    // Paced, to an unknown service: each OPEN is refused by the service loop before the next
+    // batch arrives, so the refusals queue behind the unread output one by one.
+    let mut q = agent.hostile();
+    for batch in 0..OPEN_FLOOD / 200 {
+        let burst = open_burst(&q, 1 + 400 * batch, 200, "no-such-service");
+        q.send_raw(&burst);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // While both sessions sit unread, the agent serves others and stays small.
+    agent.still_serves("two peers that never read");
+    let msg = p.expect_goaway(ErrorCode::OVERLOAD);
+    eprintln!("agent: GOAWAY(OVERLOAD) for an unread OPEN burst: {msg}");
+    let msg = q.expect_goaway(ErrorCode::OVERLOAD);
+    eprintln!("agent: GOAWAY(OVERLOAD) for unread paced refusals: {msg}");
+    agent.still_serves("overload");
+}
+
+/// Writes into a socket the victim's `forward` reads from, counting what it took, until the
+/// socket fails.
+struct Feeder {
+    written: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Feeder {
+    /// Accepts the victim's connection on `listener` and writes into it until it fails.
+    fn start(listener: UnixListener) -> Feeder {
+        let written = Arc::new(AtomicU64::new(0));
+        let count = written.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept the forward");
+            let chunk = vec![b'z'; 64 << 10];
+            while let Ok(n) = conn.write(&chunk) {
+                count.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        });
+        Feeder { written, thread }
+    }
+
+    /// Waits until the victim stops taking bytes (no progress for a while), bounded by
+    /// [`READ_LIMIT`]; returns how many it took.
+    fn wait_for_backpressure(&self, what: &str, limit: u64, pid: u32) -> u64 {
+        let deadline = Instant::now() + READ_LIMIT;
+        let mut last = u64::MAX;
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = self.written.load(Ordering::Relaxed);
+            assert!(
+                now < limit,
+                "{what} took {now} bytes from a stream its peer never reads: no backpressure ({})",
+                support::vm_lines(pid)
+            );
+            if now == last && now > 0 {
+                return now;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} kept taking bytes ({now}) for {READ_LIMIT:?} from a stream its peer never reads"
+            );
+            last = now;
+        }
+    }
+}
+
+/// The most a victim may take from a forwarded socket whose stream its peer never reads:
+/// whatever it holds must fit in its memory bound.
+const BACKPRESSURE_LIMIT: u64 = 32 << 20;
+
+#[test]
+fn agent_applies_backpressure_to_output_a_peer_never_reads() {
+    let mut agent = Agent::start("noread");
+    let feed = agent.dir.path("feed.sock");
+    let feeder = Feeder::start(UnixListener::bind(&feed).unwrap());
+    let mut p = agent.peer();
+    // HELLO and an OPEN with 2 GiB of credit, then never a read: the agent may send all it
+    // likes as far as credit goes, and the link takes nothing after the socket buffer.
+    p.send_hello(Features::empty(), false);
+    p.send_open(1, 1 << 31, "forward", &ForwardTarget::Unix(feed.clone()).encode());
+    let pid = agent.victim.pid();
+    let took = feeder.wait_for_backpressure("vmux-agent", BACKPRESSURE_LIMIT, pid);
+    eprintln!("agent: took {took} bytes from the forwarded socket, then stopped");
+    agent.victim.check_memory("a peer that never reads 2 GiB of granted output");
+    agent.still_serves("a peer that never reads its output");
+    // When the peer goes, the forward goes: the feeder's socket fails.
+    drop(p);
+    feeder.thread.join().unwrap();
+    agent.still_serves("the never-reading peer left");
+}

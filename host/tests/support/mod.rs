@@ -489,6 +489,16 @@ impl Drop for TempDir {
     }
 }
 
+/// The `Vm*` lines of `/proc/PID/status`, for messages.
+pub fn vm_lines(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("VmRSS") || l.starts_with("VmHWM"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Memory figures of a process, in KiB.
 #[derive(Debug, Clone, Copy)]
 pub struct Rss {
