@@ -874,6 +874,7 @@ impl Mux {
             reply: reply.to_vec(),
         });
         self.schedule(id);
+        self.check_control_backlog();
         Ok(())
     }
 
@@ -890,6 +891,7 @@ impl Mux {
             code,
             message: message.to_string(),
         });
+        self.check_control_backlog();
         Ok(())
     }
 
@@ -1049,6 +1051,7 @@ impl Mux {
             code,
             message: message.to_string(),
         });
+        self.check_control_backlog();
         Ok(())
     }
 
@@ -2496,5 +2499,40 @@ mod tests {
         // Still only the one HELLO waiting, not five.
         let waiting = a.poll_transmit().len();
         assert_eq!(waiting, wire::HEADER_LEN + Hello::LEN + wire::TRAILER_LEN);
+    }
+
+    #[test]
+    fn refusals_by_the_application_count_toward_the_control_backlog() {
+        // The peer opens one stream at a time (never near the stream limit), the application
+        // refuses each, and the peer never reads: the refusals must not queue without bound.
+        let mut p = established();
+        let mut server = Config::new(Role::Server, 2);
+        server.max_pending_control = 100;
+        server.output_high_water = 1024;
+        let mut b = Mux::new(server, p.now);
+        let hello = Hello {
+            role: Role::Client,
+            version: 1,
+            features: Features::empty(),
+            max_frame: 1 << 16,
+            max_streams: 8,
+            nonce: 5,
+            boot_id: [0; 16],
+        };
+        b.handle_input(p.now, &raw(Kind::Hello, Flags::REPLY, 0, &hello.to_bytes()));
+        for i in 0..1000u32 {
+            let id = 2 * i + 1;
+            b.handle_input(
+                p.now,
+                &raw(Kind::Open, Flags::empty(), id, &open_payload("svc")),
+            );
+            let _ = b.reject(id, ErrorCode::UNKNOWN_SERVICE, "no service named svc");
+            let _ = b.poll_transmit(); // built, but the link never takes it
+            if b.phase() == Phase::Terminated {
+                break;
+            }
+        }
+        assert_eq!(b.termination().unwrap().code, ErrorCode::OVERLOAD);
+        p.a.goaway(ErrorCode::NORMAL, "");
     }
 }
