@@ -482,7 +482,9 @@ mod tests {
         };
         let decoded = Info::decode(&old.encode()).unwrap();
         assert_eq!(decoded.session, SessionFacts::default());
-        assert!(decoded.to_string().contains("session streams:  unknown open"));
+        assert!(decoded
+            .to_string()
+            .contains("session streams:  unknown open"));
     }
 
     proptest! {

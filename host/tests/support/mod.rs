@@ -116,8 +116,8 @@ pub struct Peer {
 impl Peer {
     /// Connects to a victim listening on `path`, as `role`.
     pub fn connect(path: &Path, role: Role) -> Peer {
-        let sock = UnixStream::connect(path)
-            .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+        let sock =
+            UnixStream::connect(path).unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
         Peer::over(sock, role)
     }
 
@@ -206,8 +206,8 @@ impl Peer {
             self.send_hello(features, true);
         }
         let hello = self.victim_hello.expect("HELLO was parsed");
-        self.trailers =
-            features.contains(Features::PAYLOAD_CRC) || hello.features.contains(Features::PAYLOAD_CRC);
+        self.trailers = features.contains(Features::PAYLOAD_CRC)
+            || hello.features.contains(Features::PAYLOAD_CRC);
         hello
     }
 
@@ -241,7 +241,12 @@ impl Peer {
 
     /// Sends CREDIT with a new absolute limit.
     pub fn send_credit(&mut self, id: u32, limit: u32) {
-        self.send_frame(Kind::Credit, Flags::empty(), id, &Credit { limit }.to_bytes());
+        self.send_frame(
+            Kind::Credit,
+            Flags::empty(),
+            id,
+            &Credit { limit }.to_bytes(),
+        );
     }
 
     /// Sends CLOSE (half-close).
@@ -258,7 +263,12 @@ impl Peer {
 
     /// Sends PING.
     pub fn send_ping(&mut self, opaque: u64) {
-        self.send_frame(Kind::Ping, Flags::empty(), 0, &PingBody { opaque }.to_bytes());
+        self.send_frame(
+            Kind::Ping,
+            Flags::empty(),
+            0,
+            &PingBody { opaque }.to_bytes(),
+        );
     }
 
     /// Closes the socket for writing (the victim reads EOF after what was sent).
@@ -306,7 +316,12 @@ impl Peer {
                 self.eof = true;
                 return;
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 panic!(
                     "the victim sent nothing for {READ_LIMIT:?}; last frames: {:?}",
                     self.seen
@@ -524,9 +539,7 @@ impl Victim {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(file));
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         Victim {
             name: name.to_string(),
             child,
