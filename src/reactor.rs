@@ -1202,6 +1202,12 @@ impl Core {
         args: &[u8],
         target: SessionId,
     ) {
+        if !self.sessions.contains_key(&session) {
+            // The client went away before its stream was routed: opening on the target now
+            // would hold a stream there for nobody (and nothing would drive the target to
+            // send the OPEN until its next timer).
+            return;
+        }
         let opened = match self.sessions.get_mut(&target) {
             None => Err((ErrorCode::LINK_LOST, "the target link is down".to_string())),
             Some(_) if target == session => Err((
