@@ -648,3 +648,271 @@ fn agent_applies_backpressure_to_output_a_peer_never_reads() {
     feeder.thread.join().unwrap();
     agent.still_serves("the never-reading peer left");
 }
+
+// ----- `vmux-shim serve` as the victim -----
+
+/// The socket `serve` dials as its guest link, owned by the test: each connection serve makes
+/// is either played by a hostile guest or spliced to a real agent.
+struct GuestSocket {
+    listener: UnixListener,
+}
+
+impl GuestSocket {
+    fn bind(path: &Path) -> GuestSocket {
+        let listener = UnixListener::bind(path).expect("bind the guest socket");
+        listener.set_nonblocking(true).unwrap();
+        GuestSocket { listener }
+    }
+
+    /// serve's next dial (bounded wait: serve redials within a second or so).
+    fn accept(&self, victim: &mut Victim) -> UnixStream {
+        let deadline = Instant::now() + READ_LIMIT;
+        loop {
+            match self.listener.accept() {
+                Ok((conn, _)) => {
+                    conn.set_nonblocking(false).unwrap();
+                    return conn;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    victim.assert_alive();
+                    assert!(Instant::now() < deadline, "serve did not dial its guest");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("accept serve's dial: {e}"),
+            }
+        }
+    }
+
+    /// serve's next dial, played by a hostile guest (HELLO exchanged).
+    fn hostile(&self, victim: &mut Victim, features: Features) -> Peer {
+        let mut p = Peer::over(self.accept(victim), Role::Server);
+        p.handshake(features);
+        p
+    }
+
+    /// serve's next dial, spliced byte for byte to the agent at `agent` (two copy threads
+    /// that end when either side closes).
+    fn proxy_next(&self, victim: &mut Victim, agent: &Path) {
+        let a = self.accept(victim);
+        let b = UnixStream::connect(agent).expect("connect the agent");
+        splice(a.try_clone().unwrap(), b.try_clone().unwrap());
+        splice(b, a);
+    }
+}
+
+fn splice(mut from: UnixStream, mut to: UnixStream) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(std::net::Shutdown::Both);
+        let _ = from.shutdown(std::net::Shutdown::Both);
+    });
+}
+
+/// A real `vmux-shim serve` dialing a test-owned guest socket, with a real agent behind it
+/// when the test splices it there.
+struct Serve {
+    victim: Victim,
+    sock: PathBuf,
+    guest: GuestSocket,
+    agent: Agent,
+}
+
+impl Serve {
+    fn start(tag: &str) -> Serve {
+        let agent = Agent::start(tag);
+        let guest_path = agent.dir.path("guest.sock");
+        let guest = GuestSocket::bind(&guest_path);
+        let sock = agent.dir.path("serve.sock");
+        let mut cmd = Command::new(shim_path());
+        cmd.arg("-c")
+            .arg(format!("unix://{}", guest_path.display()))
+            .args(["--timeout", "30", "serve", "--listen"])
+            .arg(format!("unix://{}", sock.display()))
+            .env_remove("VMUX_ADDR")
+            .env(
+                "VMUX_LOG",
+                std::env::var("HOSTILE_SERVE_LOG").unwrap_or("warn".into()),
+            );
+        let mut victim = Victim::spawn("vmux-shim-serve", cmd, &agent.dir);
+        victim.wait_for_path(&sock);
+        Serve {
+            victim,
+            sock,
+            guest,
+            agent,
+        }
+    }
+
+    fn addr(&self) -> String {
+        format!("unix://{}", self.sock.display())
+    }
+
+    /// A hostile client of serve's listening socket (HELLO exchanged).
+    fn hostile_client(&self) -> Peer {
+        let mut p = Peer::connect(&self.sock, Role::Client);
+        p.handshake(Features::empty());
+        p
+    }
+
+    /// serve's next guest link goes to the real agent.
+    fn proxy_next(&mut self) {
+        let agent = self.agent.sock.clone();
+        self.guest.proxy_next(&mut self.victim, &agent);
+    }
+
+    /// serve's next guest link is played by a hostile guest.
+    fn hostile_guest(&mut self, features: Features) -> Peer {
+        self.guest.hostile(&mut self.victim, features)
+    }
+
+    /// A well-behaved client gets service through serve; the agent is checked too.
+    fn still_serves(&mut self, case: &str) {
+        let addr = self.addr();
+        still_serves(&mut self.victim, &addr, case);
+        self.agent.victim.assert_alive();
+    }
+}
+
+#[test]
+fn serve_answers_a_hostile_client_with_the_documented_codes_and_keeps_serving() {
+    let mut serve = Serve::start("serve-client");
+    serve.proxy_next();
+    serve.still_serves("start");
+    let mut sink = Sink::new(&serve.agent.dir);
+
+    // Credit: DATA past what serve granted on a stream it splices to the agent.
+    let mut p = serve.hostile_client();
+    p.send_open(1, 1 << 20, "forward", &sink.target());
+    p.expect_open_ok(1);
+    sink.hold();
+    let writer = send_data_in_background(&p, 1, PAST_ANY_CREDIT);
+    let msg = p.expect_reset(1, ErrorCode::FLOW_CONTROL);
+    eprintln!("serve: RESET(FLOW_CONTROL) to a client: {msg}");
+    writer.join().unwrap();
+    p.assert_alive(1);
+    // Data on the ended stream is stale, on a never-opened one a protocol error.
+    p.send_data(1, b"late");
+    p.assert_alive(2);
+    p.send_data(1001, b"never opened");
+    let msg = p.expect_goaway(ErrorCode::PROTOCOL);
+    eprintln!("serve: GOAWAY(PROTOCOL) for DATA on a never-opened stream: {msg}");
+    serve.still_serves("a client's credit violation and stray DATA");
+
+    // Oversized length, unknown kind, unknown flag.
+    let mut p = serve.hostile_client();
+    p.send_raw(&raw_header(Kind::Data as u8, 0, 1, 1 << 24));
+    let msg = p.expect_goaway(ErrorCode::FRAME_TOO_LARGE);
+    eprintln!("serve: GOAWAY(FRAME_TOO_LARGE) to a client: {msg}");
+    for (kind, flags) in [(0x42u8, 0u16), (Kind::Data as u8, 0x8000)] {
+        let mut p = serve.hostile_client();
+        let mut bytes = p.frame(Kind::Data, Flags::empty(), 1, b"x");
+        patch_header(&mut bytes, kind, flags, 1);
+        p.send_raw(&bytes);
+        let msg = p.expect_goaway(ErrorCode::PROTOCOL);
+        eprintln!("serve: GOAWAY(PROTOCOL) to a client: {msg}");
+    }
+    serve.still_serves("oversized and malformed frames from a client");
+
+    // Corrupt frames are dropped (they would be fatal if believed) and the session goes on.
+    let mut p = Peer::connect(&serve.sock, Role::Client);
+    p.handshake(Features::PAYLOAD_CRC);
+    let mut bad_header = p.frame(Kind::Data, Flags::empty(), 99, b"never opened");
+    bad_header[8] ^= 0x40;
+    let mut bad_payload = p.frame(Kind::Data, Flags::empty(), 101, b"never opened either");
+    let last = bad_payload.len() - 1;
+    bad_payload[last] ^= 0x01;
+    p.send_raw(&bad_header);
+    p.send_raw(b"console noise\r\n");
+    p.send_raw(&bad_payload);
+    p.assert_alive(3);
+    // A stream through serve works on the same session afterwards.
+    let info = p.info(1);
+    assert!(info.agent_version.is_some());
+
+    // Links closed mid-frame.
+    for cut in [10usize, wire::HEADER_LEN, wire::HEADER_LEN + 3] {
+        let mut p = serve.hostile_client();
+        let mut f = p.frame(Kind::Ping, Flags::empty(), 0, &9u64.to_le_bytes());
+        f.truncate(cut);
+        p.send_raw(&f);
+        p.shutdown_write();
+        p.drain_to_eof();
+    }
+    serve.still_serves("corrupt and truncated frames from a client");
+
+    // A ping flood costs a bounded number of PONGs.
+    let mut p = serve.hostile_client();
+    let pongs = ping_flood(&mut p);
+    eprintln!("serve: {PING_FLOOD} PINGs from a client cost {pongs} PONGs");
+    assert!(pongs as u64 <= PING_FLOOD / 100, "{pongs} PONGs");
+    serve.still_serves("a client's ping flood");
+    serve.agent.victim.check_memory("serve's hostile client");
+}
+
+#[test]
+fn serve_refuses_a_client_open_past_its_stream_limit() {
+    let mut serve = Serve::start("serve-limit");
+    serve.proxy_next();
+    let mut p = serve.hostile_client();
+    let (_, max_streams) = p.victim_limits();
+    let burst = open_burst(&p, 1, max_streams, "info");
+    p.send_raw(&burst);
+    let over = 2 * max_streams + 1;
+    p.send_open(over, 1024, "info", &[]);
+    let msg = p.expect_open_err(over, ErrorCode::STREAM_LIMIT);
+    eprintln!("serve: OPEN_ERR(STREAM_LIMIT) to a client: {msg}");
+    p.assert_alive(1);
+    serve
+        .victim
+        .check_memory(&format!("{max_streams} open client streams"));
+    // The client leaves; its streams (and their guest halves) go with it.
+    drop(p);
+    serve.still_serves("a client at its stream limit");
+}
+
+#[test]
+fn serve_bounds_what_a_never_reading_client_costs() {
+    let mut serve = Serve::start("serve-noread");
+    serve.proxy_next();
+    // Output a client never reads, with 2 GiB of credit: backpressure through the splice, the
+    // guest link and the agent's pump, back to the socket the agent forwards from.
+    let feed = serve.agent.dir.path("feed.sock");
+    let feeder = Feeder::start(UnixListener::bind(&feed).unwrap());
+    let mut p = Peer::connect(&serve.sock, Role::Client);
+    p.send_hello(Features::empty(), false);
+    p.send_open(
+        1,
+        1 << 31,
+        "forward",
+        &ForwardTarget::Unix(feed.clone()).encode(),
+    );
+    let took = feeder.wait_for_backpressure(
+        "serve and the agent",
+        BACKPRESSURE_LIMIT,
+        serve.victim.pid(),
+    );
+    eprintln!("serve: the agent took {took} bytes for a client that never reads, then stopped");
+    serve
+        .victim
+        .check_memory("a client that never reads 2 GiB of granted output");
+    serve
+        .agent
+        .victim
+        .check_memory("serve's client never reads");
+    serve.still_serves("a client that never reads its output");
+    drop(p);
+    feeder.thread.join().unwrap();
+
+    // An OPEN flood never read: OVERLOAD. (Not checked concurrently: while the flood is in
+    // flight its streams hold every slot of the one guest link, and serve refuses other
+    // clients' streams with STREAM_LIMIT until the agent's refusals come back.)
+    let mut p = serve.hostile_client();
+    let burst = open_burst(&p, 1, OPEN_FLOOD, "no-such-service");
+    let _ = p.try_send_raw(&burst);
+    serve
+        .victim
+        .check_memory("a client that never reads its refusals");
+    let msg = p.expect_goaway(ErrorCode::OVERLOAD);
+    eprintln!("serve: GOAWAY(OVERLOAD) to a client that never reads: {msg}");
+    serve.still_serves("overload");
+}
