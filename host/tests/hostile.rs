@@ -916,3 +916,97 @@ fn serve_bounds_what_a_never_reading_client_costs() {
     eprintln!("serve: GOAWAY(OVERLOAD) to a client that never reads: {msg}");
     serve.still_serves("overload");
 }
+
+#[test]
+fn serve_answers_a_hostile_guest_with_the_documented_codes_and_redials() {
+    let mut serve = Serve::start("serve-guest");
+
+    // Oversized length from the guest: GOAWAY(FRAME_TOO_LARGE); serve redials.
+    let mut g = serve.hostile_guest(Features::empty());
+    let (max_frame, _) = g.victim_limits();
+    g.send_raw(&raw_header(Kind::Data as u8, 0, 2, max_frame + 1));
+    let msg = g.expect_goaway(ErrorCode::FRAME_TOO_LARGE);
+    eprintln!("serve: GOAWAY(FRAME_TOO_LARGE) to its guest: {msg}");
+
+    // Unknown kind, flag, stream id sort: GOAWAY(PROTOCOL).
+    for (like, kind, flags, stream) in [
+        (Kind::Data, 0x42u8, 0u16, 2u32),
+        (Kind::Data, Kind::Data as u8, 0x8000, 2),
+        (Kind::Ping, Kind::Ping as u8, 0, 4),
+    ] {
+        let mut g = serve.hostile_guest(Features::empty());
+        let mut bytes = g.frame(like, Flags::empty(), stream.max(1), &[0; 8]);
+        patch_header(&mut bytes, kind, flags, stream);
+        g.send_raw(&bytes);
+        let msg = g.expect_goaway(ErrorCode::PROTOCOL);
+        eprintln!("serve: GOAWAY(PROTOCOL) to its guest: {msg}");
+    }
+
+    // Corrupt frames (would be fatal if believed) are dropped; a ping flood costs few PONGs;
+    // DATA on a never-opened stream ends the session with PROTOCOL.
+    let mut g = serve.hostile_guest(Features::PAYLOAD_CRC);
+    let mut bad_header = g.frame(Kind::Data, Flags::empty(), 98, b"never opened");
+    bad_header[8] ^= 0x40;
+    let mut bad_payload = g.frame(Kind::Data, Flags::empty(), 100, b"never opened either");
+    let last = bad_payload.len() - 1;
+    bad_payload[last] ^= 0x01;
+    g.send_raw(&bad_header);
+    g.send_raw(b"\x1b[0mconsole noise\r\n");
+    g.send_raw(&bad_payload);
+    g.assert_alive(1);
+    let pongs = ping_flood(&mut g);
+    eprintln!("serve: {PING_FLOOD} PINGs from its guest cost {pongs} PONGs");
+    assert!(pongs as u64 <= PING_FLOOD / 100, "{pongs} PONGs");
+    g.send_data(1000, b"never opened");
+    let msg = g.expect_goaway(ErrorCode::PROTOCOL);
+    eprintln!("serve: GOAWAY(PROTOCOL) for DATA on a never-opened stream: {msg}");
+
+    // Links closed mid-frame.
+    for cut in [7usize, wire::HEADER_LEN, wire::HEADER_LEN + 5] {
+        let mut g = serve.hostile_guest(Features::empty());
+        let mut f = g.frame(Kind::Data, Flags::empty(), 2, &[1; 64]);
+        f.truncate(cut);
+        g.send_raw(&f);
+        g.shutdown_write();
+        g.drain_to_eof();
+    }
+
+    // Credit: a client's stream reaches the hostile guest, which answers and then sends more
+    // than serve granted (the client never reads, so serve cannot have consumed much).
+    let mut g = serve.hostile_guest(Features::empty());
+    let addr = serve.addr();
+    let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(1);
+    let client = std::thread::spawn(move || {
+        let reactor = Reactor::spawn().expect("reactor");
+        let link = vmux::transport::dial(&addr.parse().unwrap(), READ_LIMIT).expect("dial serve");
+        let session = reactor
+            .add_link(link, Config::new(Role::Client, random_nonce()))
+            .expect("add link");
+        let stream = session.open("anything", b"").expect("open through serve");
+        let _ = release_rx.recv_timeout(READ_LIMIT * 2);
+        drop(stream);
+        reactor.shutdown();
+    });
+    let open = g.expect("an OPEN forwarded by serve", |f| f.kind == Kind::Open);
+    g.send_open_ok(open.stream, 1 << 20, &[]);
+    let writer = send_data_in_background(&g, open.stream, PAST_ANY_CREDIT);
+    let msg = g.expect_reset(open.stream, ErrorCode::FLOW_CONTROL);
+    eprintln!("serve: RESET(FLOW_CONTROL) to its guest: {msg}");
+    writer.join().unwrap();
+    g.assert_alive(2);
+    let _ = release_tx.send(());
+    client.join().unwrap();
+
+    // Streams the guest opens: serve offers no services and must refuse each, and past its
+    // stream limit the mux refuses with STREAM_LIMIT.
+    g.send_open(2, 1024, "anything", &[]);
+    let msg = g.expect_open_err(2, ErrorCode::UNKNOWN_SERVICE);
+    eprintln!("serve: OPEN_ERR(UNKNOWN_SERVICE) for a guest's OPEN: {msg}");
+    g.assert_alive(3);
+    serve.victim.check_memory("a hostile guest");
+    drop(g);
+
+    // After all that, serve redials and a real agent behind the same socket serves clients.
+    serve.proxy_next();
+    serve.still_serves("a hostile guest");
+}
