@@ -9,6 +9,10 @@
 //!
 //! [`Victim`] is a real `vmux-agent` or `vmux-shim serve` process: alive checks, RSS from
 //! `/proc/PID/status`, and a scan of its stderr for panics. Processes are killed by PID on drop.
+//!
+//! Debugging knobs: `HOSTILE_TRACE=1` prints every frame read and every write;
+//! `HOSTILE_AGENT_LOG` / `HOSTILE_SERVE_LOG` set the victims' `VMUX_LOG` (their stderr is
+//! printed when a test fails).
 
 #![allow(dead_code)] // each test file uses its own subset
 
@@ -449,7 +453,7 @@ impl Peer {
         }
     }
 
-    /// Whether the victim has closed the link (reads whatever is left first).
+    /// Reads every frame until the victim closes the link; returns them.
     pub fn drain_to_eof(&mut self) -> Vec<Frame> {
         let mut frames = Vec::new();
         while let Some(f) = self.next_frame() {
