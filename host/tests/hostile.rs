@@ -1010,3 +1010,52 @@ fn serve_answers_a_hostile_guest_with_the_documented_codes_and_redials() {
     serve.proxy_next();
     serve.still_serves("a hostile guest");
 }
+
+// ----- the library's blocking handles (what the shim's exec stdin and cp use) -----
+
+#[test]
+fn a_writer_to_a_never_reading_peer_with_huge_credit_blocks_instead_of_buffering() {
+    let dir = TempDir::new("handle");
+    let path = dir.path("guest.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let reactor = Reactor::spawn().expect("reactor");
+    let link = vmux::transport::dial(
+        &format!("unix://{}", path.display()).parse().unwrap(),
+        READ_LIMIT,
+    )
+    .expect("dial the hostile guest");
+    let session = reactor
+        .add_link(link, Config::new(Role::Client, random_nonce()))
+        .expect("add link");
+    let (conn, _) = listener.accept().unwrap();
+    let mut g = Peer::over(conn, Role::Server);
+    g.handshake(Features::empty());
+    let opener = {
+        let session = session.clone();
+        std::thread::spawn(move || session.open("sink", b"").expect("open"))
+    };
+    let open = g.expect("OPEN", |f| f.kind == Kind::Open);
+    // 2 GiB of credit, and not one byte read from here on.
+    g.send_open_ok(open.stream, 1 << 31, &[]);
+    let mut stream = opener.join().unwrap();
+    // A correct side blocks once its queues are full, forever; the timeout only ends the test.
+    stream.set_write_timeout(Some(Duration::from_secs(2)));
+    let data = vec![b'w'; 64 << 20];
+    let err = stream
+        .write_all(&data)
+        .expect_err("64 MiB went into a link nobody reads: the writer never blocked");
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    let stats = session.stats().expect("stats");
+    let held = stats.buffered.tx + stats.buffered.output + stats.handle_tx;
+    eprintln!(
+        "library: a writer to a peer that never reads holds {held} bytes (mux tx {}, output {}, handle {})",
+        stats.buffered.tx, stats.buffered.output, stats.handle_tx
+    );
+    assert!(
+        held <= 2 << 20,
+        "{held} bytes queued for a peer that never reads: {stats:?}"
+    );
+    drop(stream);
+    drop(g);
+    reactor.shutdown();
+}
