@@ -448,6 +448,36 @@ fn agent_ends_the_session_with_protocol_for_unknown_kinds_flags_and_stream_ids()
 }
 
 #[test]
+fn agent_ends_the_session_with_version_and_role_conflict_and_drops_frames_before_hello() {
+    let mut agent = Agent::start("hello");
+    // Leftovers of an earlier link before the HELLO: dropped as stale, not judged.
+    let mut p = agent.peer();
+    let stale = p.frame(Kind::Data, Flags::empty(), 77, b"from an earlier link");
+    p.send_raw(&stale);
+    p.handshake(Features::empty());
+    let facts = p.info(1).session;
+    assert_eq!(facts.stale_frames, Some(1), "{facts:?}");
+    // Another protocol version in an intact header: GOAWAY(VERSION) with the documented text.
+    let mut p = agent.peer();
+    let mut ping = p.frame(Kind::Ping, Flags::empty(), 0, &1u64.to_le_bytes());
+    ping[2] = 9;
+    let crc = wire::crc32c(&ping[..16]);
+    ping[16..20].copy_from_slice(&crc.to_le_bytes());
+    p.send_raw(&ping);
+    let msg = p.expect_goaway(ErrorCode::VERSION);
+    assert_eq!(
+        msg,
+        "peer speaks vmux protocol version 9, this side speaks version 1"
+    );
+    // Both sides claiming the server role: GOAWAY(ROLE_CONFLICT).
+    let mut p = Peer::connect(&agent.sock, Role::Server);
+    p.send_hello(Features::empty(), false);
+    let msg = p.expect_goaway(ErrorCode::ROLE_CONFLICT);
+    eprintln!("agent: GOAWAY(ROLE_CONFLICT): {msg}");
+    agent.still_serves("version and role conflicts");
+}
+
+#[test]
 fn agent_drops_data_on_ended_streams_as_stale_and_refuses_never_opened_ones() {
     let mut agent = Agent::start("stale");
     let mut sink = Sink::new(&agent.dir);
@@ -997,11 +1027,19 @@ fn serve_answers_a_hostile_guest_with_the_documented_codes_and_redials() {
     let _ = release_tx.send(());
     client.join().unwrap();
 
-    // Streams the guest opens: serve offers no services and must refuse each, and past its
-    // stream limit the mux refuses with STREAM_LIMIT.
+    // Streams the guest opens: serve offers no services and must refuse each; past its
+    // stream limit the mux refuses with STREAM_LIMIT. One write of max_streams + 1 OPENs is
+    // read and judged by serve's mux before its supervisor refuses any of them.
     g.send_open(2, 1024, "anything", &[]);
     let msg = g.expect_open_err(2, ErrorCode::UNKNOWN_SERVICE);
     eprintln!("serve: OPEN_ERR(UNKNOWN_SERVICE) for a guest's OPEN: {msg}");
+    let (_, max_streams) = g.victim_limits();
+    let burst = open_burst(&g, 4, max_streams + 1, "anything");
+    g.send_raw(&burst);
+    let last = 4 + 2 * max_streams;
+    let msg = g.expect_open_err(last, ErrorCode::STREAM_LIMIT);
+    eprintln!("serve: OPEN_ERR(STREAM_LIMIT) for a guest's OPEN {last}: {msg}");
+    g.expect_open_err(last - 2, ErrorCode::UNKNOWN_SERVICE);
     g.assert_alive(3);
     serve.victim.check_memory("a hostile guest");
     drop(g);
