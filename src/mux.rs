@@ -1045,6 +1045,16 @@ impl Mux {
             return Err(MuxError::UnknownStream(id));
         }
         self.remove_stream(id);
+        // An OPEN still queued is withdrawn instead: the peer never hears of the stream, and a
+        // RESET for an id it never saw opened would be a protocol error there.
+        let unsent_open = self
+            .control
+            .iter()
+            .position(|c| matches!(c, Control::Open { id: open, .. } if *open == id));
+        if let Some(pos) = unsent_open {
+            self.control.remove(pos);
+            return Ok(());
+        }
         self.counters.resets_sent += 1;
         self.control.push_back(Control::Reset {
             id,
@@ -2534,5 +2544,21 @@ mod tests {
         }
         assert_eq!(b.termination().unwrap().code, ErrorCode::OVERLOAD);
         p.a.goaway(ErrorCode::NORMAL, "");
+    }
+
+    #[test]
+    fn resetting_a_stream_whose_open_is_unsent_withdraws_the_open() {
+        let mut p = established();
+        // The OPEN is only queued when the application gives up on the stream.
+        let id = p.a.open("svc", b"").unwrap();
+        p.a.reset(id, ErrorCode::CANCEL, "gave up").unwrap();
+        let later = p.a.open("svc", b"").unwrap();
+        p.run();
+        // The peer never heard of the first stream and did not take a RESET for it as a
+        // protocol error; the next stream opens normally.
+        assert_eq!(p.b.phase(), Phase::Established);
+        let (bid, _, _) = p.take_incoming();
+        assert_eq!(bid, later);
+        assert_eq!(p.b.counters().resets_received, 0);
     }
 }
