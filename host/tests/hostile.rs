@@ -89,6 +89,23 @@ impl Agent {
     }
 }
 
+/// `info` through the library, on a fresh well-behaved session; the error as text.
+fn try_library_info(addr: &str) -> Result<Info, String> {
+    let reactor = Reactor::spawn().map_err(|e| e.to_string())?;
+    let link = vmux::transport::dial(&addr.parse().expect("address"), READ_LIMIT)
+        .map_err(|e| format!("dial {addr}: {e}"))?;
+    let session = reactor
+        .add_link(link, Config::new(Role::Client, random_nonce()))
+        .map_err(|e| e.to_string())?;
+    session
+        .wait_established(READ_LIMIT)
+        .map_err(|e| format!("HELLO with {addr}: {e}"))?;
+    let info = vmux::service::info(&session).map_err(|e| format!("info from {addr}: {e}"));
+    let _ = session.close();
+    reactor.shutdown();
+    info
+}
+
 /// `info` through the library, on a fresh well-behaved session.
 fn library_info(addr: &str) -> Info {
     let reactor = Reactor::spawn().expect("reactor");
@@ -892,12 +909,54 @@ fn serve_refuses_a_client_open_past_its_stream_limit() {
     let msg = p.expect_open_err(over, ErrorCode::STREAM_LIMIT);
     eprintln!("serve: OPEN_ERR(STREAM_LIMIT) to a client: {msg}");
     p.assert_alive(1);
+    // Every stream is answered by the agent through serve, so each is spliced and none waits
+    // for the guest's answer any more.
+    for i in 0..max_streams {
+        p.expect_open_ok(2 * i + 1);
+    }
     serve
         .victim
         .check_memory(&format!("{max_streams} open client streams"));
-    // The client leaves; its streams (and their guest halves) go with it.
+    // The client leaves; its streams (and their guest halves) go with it at once.
     drop(p);
     serve.still_serves("a client at its stream limit");
+}
+
+#[test]
+fn serve_keeps_its_guest_link_when_clients_hang_up_with_forwards_in_flight() {
+    let mut serve = Serve::start("serve-hangup");
+    serve.proxy_next();
+    for round in 0..10 {
+        // A full stream table, so that serve's router is still forwarding when the client
+        // goes; the STREAM_LIMIT refusal of one more proves serve read them all.
+        let mut p = serve.hostile_client();
+        let (_, max_streams) = p.victim_limits();
+        let burst = open_burst(&p, 1, max_streams + 1, "info");
+        p.send_raw(&burst);
+        p.expect_open_err(2 * max_streams + 1, ErrorCode::STREAM_LIMIT);
+        drop(p);
+        eprintln!("serve: client {round} hung up with its forwards in flight");
+    }
+    // The guest link must survive (a RESET for a stream whose OPEN never reached the agent
+    // would make the agent end it with PROTOCOL). Streams still in flight to the agent hold
+    // guest slots until it answers, so the first tries may be refused with STREAM_LIMIT.
+    let addr = serve.addr();
+    let deadline = Instant::now() + READ_LIMIT;
+    loop {
+        match try_library_info(&addr) {
+            Ok(_) => break,
+            Err(e) if e.contains("concurrent streams") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("a well-behaved client after clients hung up: {e}"),
+        }
+    }
+    match serve.guest.listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Ok(_) => panic!("serve lost its guest link and redialed"),
+        Err(e) => panic!("guest socket: {e}"),
+    }
+    serve.still_serves("clients hanging up with forwards in flight");
 }
 
 #[test]
