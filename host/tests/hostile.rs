@@ -495,6 +495,85 @@ fn agent_ends_the_session_with_version_and_role_conflict_and_drops_frames_before
 }
 
 #[test]
+fn agent_answers_malformed_stream_frames_with_reset_and_bad_opens_with_open_err() {
+    let mut agent = Agent::start("malformed");
+    let mut sink = Sink::new(&agent.dir);
+    let mut p = agent.hostile();
+    // OPENs whose payload is malformed: OPEN_ERR(PROTOCOL), the session goes on.
+    let bad_opens: [(&str, &[u8]); 3] = [
+        ("a short OPEN", b"\0\0"),
+        ("a service name with a slash", b"\0\0\x01\0\x02a/"),
+        ("a name longer than its payload", b"\0\0\x01\0\x09info"),
+    ];
+    let mut id = 1;
+    for (what, payload) in bad_opens {
+        p.send_frame(Kind::Open, Flags::empty(), id, payload);
+        let msg = p.expect_open_err(id, ErrorCode::PROTOCOL);
+        eprintln!("agent: OPEN_ERR(PROTOCOL) for {what}: {msg}");
+        id += 2;
+    }
+    // Malformed frames on an open stream: RESET(PROTOCOL) of that stream only.
+    type Bad = fn(&Peer, u32) -> Vec<u8>;
+    let bad_frames: [(&str, Bad); 4] = [
+        ("a 3-byte CREDIT", |p, id| {
+            p.frame(Kind::Credit, Flags::empty(), id, &[1, 2, 3])
+        }),
+        ("a CLOSE with a payload", |p, id| {
+            p.frame(Kind::Close, Flags::empty(), id, b"x")
+        }),
+        ("OPEN_OK on an open stream", |p, id| {
+            p.frame(Kind::OpenOk, Flags::empty(), id, &[0, 0, 1, 0])
+        }),
+        ("a CREDIT half the number space ahead", |p, id| {
+            let limit = (1u32 << 20).wrapping_add(0x7FFF_FFFF);
+            p.frame(Kind::Credit, Flags::empty(), id, &limit.to_le_bytes())
+        }),
+    ];
+    for (what, frame) in bad_frames {
+        // 1 MiB of credit for the agent's data in OPEN: the last case is measured from it.
+        p.send_open(id, 1 << 20, "forward", &sink.target());
+        p.expect_open_ok(id);
+        sink.hold();
+        let bytes = frame(&p, id);
+        p.send_raw(&bytes);
+        let msg = p.expect_reset(id, ErrorCode::PROTOCOL);
+        eprintln!("agent: RESET(PROTOCOL) for {what}: {msg}");
+        id += 2;
+    }
+    p.assert_alive(41);
+    let facts = p.info(id).session;
+    assert_eq!(facts.opens_refused, Some(3), "{facts:?}");
+    assert_eq!(facts.resets_sent, Some(4), "{facts:?}");
+    // An OPEN with the agent's own parity, or not above the last one: GOAWAY(PROTOCOL).
+    p.send_open(id + 1, 1024, "info", &[]);
+    let msg = p.expect_goaway(ErrorCode::PROTOCOL);
+    eprintln!("agent: GOAWAY(PROTOCOL) for an OPEN of the wrong parity: {msg}");
+    let mut p = agent.hostile();
+    p.send_open(7, 1024, "info", &[]);
+    p.expect_open_ok(7);
+    p.send_open(5, 1024, "info", &[]);
+    let msg = p.expect_goaway(ErrorCode::PROTOCOL);
+    eprintln!("agent: GOAWAY(PROTOCOL) for an OPEN id going backwards: {msg}");
+    // A HELLO whose limits are out of range.
+    let mut p = agent.peer();
+    let mut hello = vmux::wire::Hello {
+        role: Role::Client,
+        version: 1,
+        features: Features::empty(),
+        max_frame: 64 << 10,
+        max_streams: 1,
+        nonce: 9,
+        boot_id: [0; 16],
+    }
+    .to_bytes();
+    hello[8..12].copy_from_slice(&16u32.to_le_bytes()); // max_frame 16 bytes
+    p.send_frame(Kind::Hello, Flags::empty(), 0, &hello);
+    let msg = p.expect_goaway(ErrorCode::PROTOCOL);
+    eprintln!("agent: GOAWAY(PROTOCOL) for a HELLO with max_frame 16: {msg}");
+    agent.still_serves("malformed stream frames");
+}
+
+#[test]
 fn agent_drops_data_on_ended_streams_as_stale_and_refuses_never_opened_ones() {
     let mut agent = Agent::start("stale");
     let mut sink = Sink::new(&agent.dir);
