@@ -980,6 +980,7 @@ impl Mux {
             reply: reply.to_vec(),
         });
         self.schedule(id);
+        self.check_control_backlog();
         Ok(())
     }
 
@@ -996,6 +997,7 @@ impl Mux {
             code,
             message: message.to_string(),
         });
+        self.check_control_backlog();
         Ok(())
     }
 
@@ -1149,12 +1151,13 @@ impl Mux {
             return Err(MuxError::UnknownStream(id));
         }
         self.remove_stream(id);
-        let unannounced = self
+        // An OPEN still queued is withdrawn instead: the peer never hears of the stream, and a
+        // RESET for an id it never saw opened would be a protocol error there.
+        let unsent_open = self
             .control
             .iter()
             .position(|c| matches!(c, Control::Open { id: open, .. } if *open == id));
-        if let Some(pos) = unannounced {
-            // The OPEN never left: the peer never hears of this stream.
+        if let Some(pos) = unsent_open {
             self.control.remove(pos);
             return Ok(());
         }
@@ -1164,6 +1167,7 @@ impl Mux {
             code,
             message: message.to_string(),
         });
+        self.check_control_backlog();
         Ok(())
     }
 
@@ -2693,5 +2697,56 @@ mod tests {
         // Still only the one HELLO waiting, not five.
         let waiting = a.poll_transmit().len();
         assert_eq!(waiting, wire::HEADER_LEN + Hello::LEN + wire::TRAILER_LEN);
+    }
+
+    #[test]
+    fn refusals_by_the_application_count_toward_the_control_backlog() {
+        // The peer opens one stream at a time (never near the stream limit), the application
+        // refuses each, and the peer never reads: the refusals must not queue without bound.
+        let mut p = established();
+        let mut server = Config::new(Role::Server, 2);
+        server.max_pending_control = 100;
+        server.output_high_water = 1024;
+        let mut b = Mux::new(server, p.now);
+        let hello = Hello {
+            role: Role::Client,
+            version: 1,
+            features: Features::empty(),
+            max_frame: 1 << 16,
+            max_streams: 8,
+            nonce: 5,
+            boot_id: [0; 16],
+        };
+        b.handle_input(p.now, &raw(Kind::Hello, Flags::REPLY, 0, &hello.to_bytes()));
+        for i in 0..1000u32 {
+            let id = 2 * i + 1;
+            b.handle_input(
+                p.now,
+                &raw(Kind::Open, Flags::empty(), id, &open_payload("svc")),
+            );
+            let _ = b.reject(id, ErrorCode::UNKNOWN_SERVICE, "no service named svc");
+            let _ = b.poll_transmit(); // built, but the link never takes it
+            if b.phase() == Phase::Terminated {
+                break;
+            }
+        }
+        assert_eq!(b.termination().unwrap().code, ErrorCode::OVERLOAD);
+        p.a.goaway(ErrorCode::NORMAL, "");
+    }
+
+    #[test]
+    fn resetting_a_stream_whose_open_is_unsent_withdraws_the_open() {
+        let mut p = established();
+        // The OPEN is only queued when the application gives up on the stream.
+        let id = p.a.open("svc", b"").unwrap();
+        p.a.reset(id, ErrorCode::CANCEL, "gave up").unwrap();
+        let later = p.a.open("svc", b"").unwrap();
+        p.run();
+        // The peer never heard of the first stream and did not take a RESET for it as a
+        // protocol error; the next stream opens normally.
+        assert_eq!(p.b.phase(), Phase::Established);
+        let (bid, _, _) = p.take_incoming();
+        assert_eq!(bid, later);
+        assert_eq!(p.b.counters().resets_received, 0);
     }
 }

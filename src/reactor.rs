@@ -43,6 +43,11 @@ const WAKER: Token = Token(0);
 const READ_BUF: usize = 256 << 10;
 /// Bytes a pump reads from its fd per `read(2)`.
 const PUMP_CHUNK: usize = 64 << 10;
+/// Pumps, splices and handles stop feeding a session's mux while it holds this many stream
+/// bytes not yet framed: the peer's credit bounds what it will *receive*, not what this side
+/// may queue for a link the peer does not read (a hostile peer grants up to 4 GiB and never
+/// reads). They resume when the link takes bytes.
+const TX_QUEUE_CAP: usize = 4 * PUMP_CHUNK;
 /// Bytes a stream handle may queue for writing before the writer blocks.
 const HANDLE_TX_CAP: usize = 256 << 10;
 /// A reader reports consumption to the reactor every this many bytes (and before it waits).
@@ -507,6 +512,9 @@ struct SessionEntry {
     released_tokens: Vec<Token>,
     /// Work that involves another session, for the loop to carry out.
     outbox: Vec<CrossAction>,
+    /// A splice or handle stopped at [`TX_QUEUE_CAP`] with credit left: retry them once the
+    /// link takes bytes (pumps retry on every drive round anyway).
+    tx_stalled: bool,
     /// Streams opened on this session on behalf of a forwarded stream: ours -> (session, stream).
     pending_forwards: HashMap<StreamId, (SessionId, StreamId)>,
     link: Link,
@@ -942,6 +950,7 @@ impl Core {
             handle: self.handle.clone(),
             released_tokens: Vec::new(),
             outbox: Vec::new(),
+            tx_stalled: false,
             pending_forwards: HashMap::new(),
             link,
             token,
@@ -1193,6 +1202,12 @@ impl Core {
         args: &[u8],
         target: SessionId,
     ) {
+        if !self.sessions.contains_key(&session) {
+            // The client went away before its stream was routed: opening on the target now
+            // would hold a stream there for nobody (and nothing would drive the target to
+            // send the OPEN until its next timer).
+            return;
+        }
         let opened = match self.sessions.get_mut(&target) {
             None => Err((ErrorCode::LINK_LOST, "the target link is down".to_string())),
             Some(_) if target == session => Err((
@@ -1342,8 +1357,10 @@ impl Core {
             return;
         };
         loop {
-            let cap = b.mux.send_capacity(to.1);
+            let credit = b.mux.send_capacity(to.1);
+            let cap = credit.min(b.tx_room());
             if cap == 0 {
+                b.tx_stalled |= credit > 0;
                 break;
             }
             let Some(mut chunk) = stash.take().or_else(|| a.mux.recv(from.1)) else {
@@ -1392,7 +1409,12 @@ impl Core {
             progress |= s.run_pumps(&mut buf, &mut self.busy);
             progress |= s.process_events();
             if s.writable {
-                progress |= s.flush(now);
+                let wrote = s.flush(now);
+                progress |= wrote;
+                if wrote && s.tx_stalled {
+                    s.tx_stalled = false;
+                    s.retry_stalled_tx();
+                }
                 while let Some(buf) = s.mux.take_spent() {
                     s.handle.pool().give(buf);
                 }
@@ -1499,6 +1521,27 @@ impl Core {
 }
 
 impl SessionEntry {
+    /// Stream bytes the mux may still take before [`TX_QUEUE_CAP`] (whatever the credit).
+    fn tx_room(&self) -> usize {
+        TX_QUEUE_CAP.saturating_sub(self.mux.buffered().tx)
+    }
+
+    /// Feeds the mux again from every splice and handle, after [`TX_QUEUE_CAP`] stopped one
+    /// and the link took bytes.
+    fn retry_stalled_tx(&mut self) {
+        let ids: Vec<StreamId> = self.endpoints.keys().copied().collect();
+        for id in ids {
+            match self.endpoints.get(&id) {
+                Some(Endpoint::Splice { peer, .. }) => {
+                    let (from, to) = (*peer, (self.sid, id));
+                    self.outbox.push(CrossAction::SpliceMove { from, to });
+                }
+                Some(Endpoint::Handle { .. }) | Some(Endpoint::Channel { .. }) => self.move_tx(id),
+                _ => {}
+            }
+        }
+    }
+
     fn ended_error(&self) -> SessionError {
         match self.mux.termination() {
             Some(t) => SessionError::Ended(t.clone()),
@@ -1939,8 +1982,10 @@ impl SessionEntry {
             return;
         };
         while let Some(mut chunk) = tx.pop_front() {
-            let cap = self.mux.send_capacity(id);
+            let credit = self.mux.send_capacity(id);
+            let cap = credit.min(TX_QUEUE_CAP.saturating_sub(self.mux.buffered().tx));
             if cap == 0 {
+                self.tx_stalled |= credit > 0;
                 tx.push_front(chunk);
                 break;
             }
@@ -1977,8 +2022,10 @@ impl SessionEntry {
         st.tx_notified = false;
         let mut moved = false;
         while let Some(mut chunk) = st.tx.pop_front() {
-            let cap = self.mux.send_capacity(id);
+            let credit = self.mux.send_capacity(id);
+            let cap = credit.min(TX_QUEUE_CAP.saturating_sub(self.mux.buffered().tx));
             if cap == 0 {
+                self.tx_stalled |= credit > 0;
                 st.tx.push_front(chunk);
                 break;
             }
@@ -2068,7 +2115,14 @@ impl SessionEntry {
         };
         let mut turns = 0;
         while from.ready && !p.from_done {
-            let cap = self.mux.send_capacity(id).min(PUMP_CHUNK).min(buf.len());
+            // Bounded by credit and by what waits unframed; every drive round tries again, so
+            // the pump resumes as soon as the link takes the queued bytes.
+            let cap = self
+                .mux
+                .send_capacity(id)
+                .min(self.tx_room())
+                .min(PUMP_CHUNK)
+                .min(buf.len());
             if cap == 0 {
                 break;
             }

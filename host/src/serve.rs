@@ -287,7 +287,7 @@ impl Supervisor {
             log::info!("guest link up ({})", self.addr);
             attempt = 0;
             self.guest.set(GuestLink::Up(session.clone()));
-            let ended = session.wait();
+            let ended = refuse_guest_streams_until_end(&session);
             self.guest.set(GuestLink::Down { attempt: 1 });
             log::warn!("guest link lost: {ended}; redialing");
             redial.down(clock.now());
@@ -368,11 +368,24 @@ impl Supervisor {
             log::info!("guest link up ({})", self.addr);
             attempt = 1;
             self.guest.set(GuestLink::Up(session.clone()));
-            let ended = session.wait();
+            let ended = refuse_guest_streams_until_end(&session);
             self.guest.set(GuestLink::Down { attempt });
             log::warn!("guest session ended: {ended}; waiting for the guest's HELLO");
         }
     }
+}
+
+/// Waits for the guest session to end, refusing every stream the guest opens: the host offers
+/// the guest no services, and an OPEN left unanswered would hold one of the session's stream
+/// slots (and its arguments) until the session ends. The channel closes when the session does.
+fn refuse_guest_streams_until_end(session: &Session) -> vmux::mux::Termination {
+    for incoming in session.incoming().iter() {
+        let message = format!("no service named {}", incoming.service);
+        if let Err(e) = incoming.reject(ErrorCode::UNKNOWN_SERVICE, &message) {
+            log::debug!("refusing a guest stream: {e}");
+        }
+    }
+    session.wait()
 }
 
 fn wait_until_due(clock: &Clock, redial: &Redial) {

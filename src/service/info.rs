@@ -37,6 +37,21 @@ mod key {
     pub const PAYLOAD_CRC: &str = "session.payload_crc";
     pub const CPU_US: &str = "agent.cpu_us";
     pub const RSS_BYTES: &str = "agent.rss_bytes";
+    pub const FRAMES_IN: &str = "session.frames_in";
+    pub const RESYNCS: &str = "session.resyncs";
+    pub const DISCARDED_BYTES: &str = "session.discarded_bytes";
+    pub const HEADER_CRC_ERRORS: &str = "session.header_crc_errors";
+    pub const PAYLOAD_CRC_ERRORS: &str = "session.payload_crc_errors";
+    pub const STALE_FRAMES: &str = "session.stale_frames";
+    pub const RESETS_SENT: &str = "session.resets_sent";
+    pub const OPENS_REFUSED: &str = "session.opens_refused";
+    pub const STREAMS: &str = "session.streams";
+    pub const BUFFERED_RX: &str = "session.buffered_rx";
+    pub const BUFFERED_TX: &str = "session.buffered_tx";
+    pub const BUFFERED_OUTPUT: &str = "session.buffered_output";
+    pub const BUFFERED_DECODER: &str = "session.buffered_decoder";
+    pub const GRANTED: &str = "session.granted";
+    pub const HANDLE_BYTES: &str = "session.handle_bytes";
 }
 
 /// Facts about the agent, its machine and the session the question came on.
@@ -72,6 +87,115 @@ pub struct Info {
     pub cpu_time_us: Option<u64>,
     /// The agent's resident memory in bytes.
     pub rss_bytes: Option<u64>,
+    /// Counters and memory gauges of the session the question came on.
+    pub session: SessionFacts,
+}
+
+/// The integrity counters and buffered-bytes gauges of the session an `info` request came on
+/// (from the agent's [`crate::session::SessionStats`] when it answered), so a peer can see what
+/// the agent made of its bytes and how much memory the session holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionFacts {
+    /// Verified frames received.
+    pub frames_in: Option<u64>,
+    /// Times the decoder lost the frame boundary and resynchronised.
+    pub resyncs: Option<u64>,
+    /// Bytes discarded while resynchronising.
+    pub discarded_bytes: Option<u64>,
+    /// Headers whose CRC failed.
+    pub header_crc_errors: Option<u64>,
+    /// Payloads whose CRC trailer failed.
+    pub payload_crc_errors: Option<u64>,
+    /// Frames dropped as stale (before HELLO, or for an ended stream).
+    pub stale_frames: Option<u64>,
+    /// RESET frames the agent sent.
+    pub resets_sent: Option<u64>,
+    /// Incoming OPENs the agent refused.
+    pub opens_refused: Option<u64>,
+    /// Streams open on the session.
+    pub streams: Option<u64>,
+    /// Received stream bytes waiting in the mux.
+    pub buffered_rx: Option<u64>,
+    /// Stream bytes queued for sending and not yet framed.
+    pub buffered_tx: Option<u64>,
+    /// Framed bytes waiting to be written to the link.
+    pub buffered_output: Option<u64>,
+    /// Partial frame bytes held by the decoder.
+    pub buffered_decoder: Option<u64>,
+    /// Credit granted to the peer and not yet consumed (the receive bound).
+    pub granted: Option<u64>,
+    /// Bytes held in stream handles' queues (both directions).
+    pub handle_bytes: Option<u64>,
+}
+
+impl SessionFacts {
+    /// The facts of a stats snapshot.
+    pub fn from_stats(stats: &crate::session::SessionStats) -> SessionFacts {
+        let c = &stats.counters;
+        let b = &stats.buffered;
+        SessionFacts {
+            frames_in: Some(c.frames_in),
+            resyncs: Some(c.resyncs),
+            discarded_bytes: Some(c.discarded_bytes),
+            header_crc_errors: Some(c.header_crc_errors),
+            payload_crc_errors: Some(c.payload_crc_errors),
+            stale_frames: Some(c.stale_frames),
+            resets_sent: Some(c.resets_sent),
+            opens_refused: Some(c.opens_refused),
+            streams: Some(stats.streams as u64),
+            buffered_rx: Some(b.rx as u64),
+            buffered_tx: Some(b.tx as u64),
+            buffered_output: Some(b.output as u64),
+            buffered_decoder: Some(b.decoder as u64),
+            granted: Some(b.granted as u64),
+            handle_bytes: Some((stats.handle_rx + stats.handle_tx) as u64),
+        }
+    }
+
+    /// Every fact with its key.
+    fn entries(&self) -> [(&'static str, Option<u64>); 15] {
+        [
+            (key::FRAMES_IN, self.frames_in),
+            (key::RESYNCS, self.resyncs),
+            (key::DISCARDED_BYTES, self.discarded_bytes),
+            (key::HEADER_CRC_ERRORS, self.header_crc_errors),
+            (key::PAYLOAD_CRC_ERRORS, self.payload_crc_errors),
+            (key::STALE_FRAMES, self.stale_frames),
+            (key::RESETS_SENT, self.resets_sent),
+            (key::OPENS_REFUSED, self.opens_refused),
+            (key::STREAMS, self.streams),
+            (key::BUFFERED_RX, self.buffered_rx),
+            (key::BUFFERED_TX, self.buffered_tx),
+            (key::BUFFERED_OUTPUT, self.buffered_output),
+            (key::BUFFERED_DECODER, self.buffered_decoder),
+            (key::GRANTED, self.granted),
+            (key::HANDLE_BYTES, self.handle_bytes),
+        ]
+    }
+
+    /// Sets the fact named `k`; returns whether `k` is a session fact.
+    fn set(&mut self, k: &str, v: Option<u64>) -> bool {
+        let slot = match k {
+            key::FRAMES_IN => &mut self.frames_in,
+            key::RESYNCS => &mut self.resyncs,
+            key::DISCARDED_BYTES => &mut self.discarded_bytes,
+            key::HEADER_CRC_ERRORS => &mut self.header_crc_errors,
+            key::PAYLOAD_CRC_ERRORS => &mut self.payload_crc_errors,
+            key::STALE_FRAMES => &mut self.stale_frames,
+            key::RESETS_SENT => &mut self.resets_sent,
+            key::OPENS_REFUSED => &mut self.opens_refused,
+            key::STREAMS => &mut self.streams,
+            key::BUFFERED_RX => &mut self.buffered_rx,
+            key::BUFFERED_TX => &mut self.buffered_tx,
+            key::BUFFERED_OUTPUT => &mut self.buffered_output,
+            key::BUFFERED_DECODER => &mut self.buffered_decoder,
+            key::GRANTED => &mut self.granted,
+            key::HANDLE_BYTES => &mut self.handle_bytes,
+            _ => return false,
+        };
+        *slot = v;
+        true
+    }
 }
 
 impl Info {
@@ -106,6 +230,9 @@ impl Info {
         n(key::PAYLOAD_CRC, self.payload_crc.map(u64::from));
         n(key::CPU_US, self.cpu_time_us);
         n(key::RSS_BYTES, self.rss_bytes);
+        for (k, v) in self.session.entries() {
+            n(k, v);
+        }
         let mut w = Writer::new();
         w.u32(entries.len() as u32);
         for (k, v) in entries {
@@ -167,7 +294,9 @@ impl Info {
             key::PAYLOAD_CRC => self.payload_crc = num(&v).map(|n| n != 0),
             key::CPU_US => self.cpu_time_us = num(&v),
             key::RSS_BYTES => self.rss_bytes = num(&v),
-            _ => {}
+            _ => {
+                self.session.set(k, num(&v));
+            }
         }
     }
 }
@@ -217,9 +346,37 @@ impl fmt::Display for Info {
             None => writeln!(f, "agent cpu time:   unknown")?,
         }
         match self.rss_bytes {
-            Some(b) => writeln!(f, "agent rss:        {} KiB", b / 1024),
-            None => writeln!(f, "agent rss:        unknown"),
+            Some(b) => writeln!(f, "agent rss:        {} KiB", b / 1024)?,
+            None => writeln!(f, "agent rss:        unknown")?,
         }
+        let s = &self.session;
+        writeln!(
+            f,
+            "session frames:   {} in, {} resyncs ({} bytes discarded), crc errors {} header / {} payload, {} stale",
+            opt(&s.frames_in),
+            opt(&s.resyncs),
+            opt(&s.discarded_bytes),
+            opt(&s.header_crc_errors),
+            opt(&s.payload_crc_errors),
+            opt(&s.stale_frames),
+        )?;
+        writeln!(
+            f,
+            "session streams:  {} open, {} resets sent, {} opens refused",
+            opt(&s.streams),
+            opt(&s.resets_sent),
+            opt(&s.opens_refused),
+        )?;
+        writeln!(
+            f,
+            "session memory:   rx {}, tx {}, output {}, decoder {}, handles {}, granted {} (bytes)",
+            opt(&s.buffered_rx),
+            opt(&s.buffered_tx),
+            opt(&s.buffered_output),
+            opt(&s.buffered_decoder),
+            opt(&s.handle_bytes),
+            opt(&s.granted),
+        )
     }
 }
 
@@ -260,6 +417,23 @@ mod tests {
             payload_crc: Some(false),
             cpu_time_us: Some(5000),
             rss_bytes: Some(1 << 20),
+            session: SessionFacts {
+                frames_in: Some(7),
+                resyncs: Some(1),
+                discarded_bytes: Some(20),
+                header_crc_errors: Some(1),
+                payload_crc_errors: Some(0),
+                stale_frames: Some(2),
+                resets_sent: Some(3),
+                opens_refused: Some(4),
+                streams: Some(1),
+                buffered_rx: Some(0),
+                buffered_tx: Some(0),
+                buffered_output: Some(64),
+                buffered_decoder: Some(0),
+                granted: Some(16384),
+                handle_bytes: Some(0),
+            },
         }
     }
 
@@ -294,6 +468,23 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("pid 1:            yes"), "{text}");
+        assert!(
+            text.contains("session frames:   7 in, 1 resyncs (20 bytes discarded), crc errors 1 header / 0 payload, 2 stale"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_older_agent_without_session_facts_leaves_them_unknown() {
+        let old = Info {
+            session: SessionFacts::default(),
+            ..sample()
+        };
+        let decoded = Info::decode(&old.encode()).unwrap();
+        assert_eq!(decoded.session, SessionFacts::default());
+        assert!(decoded
+            .to_string()
+            .contains("session streams:  unknown open"));
     }
 
     proptest! {

@@ -30,7 +30,7 @@ pub use control::{ControlDecoder, ControlMsg, CopyResult, ExitStatus, MAX_CONTRO
 pub use copy::{copy_get, copy_put, CopyData, CopyReady, CopyReport, CopyRequest};
 pub use exec::{exec, ExecIo, ExecReply, ExecRequest, ProcessController, PtySize, RemoteProcess};
 pub use forward::{forward, ForwardTarget};
-pub use info::{info, Info};
+pub use info::{info, Info, SessionFacts};
 pub use shutdown::{shutdown, ShutdownRequest};
 
 use crate::session::SessionError;

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 use vmux::mux::StreamId;
 use vmux::reactor::SessionId;
-use vmux::service::{self, ForwardTarget, Info, MessageError, ShutdownRequest};
+use vmux::service::{self, ForwardTarget, Info, MessageError, SessionFacts, ShutdownRequest};
 use vmux::session::{
     ChannelEvent, ChannelEventKind, Incoming, PumpDone, PumpSpec, Session, StreamRef,
 };
@@ -411,6 +411,12 @@ fn serve_info(session: &Session, incoming: Incoming) {
         payload_crc: link.as_ref().map(|l| l.payload_crc),
         cpu_time_us: sys.cpu_time.map(|d| d.as_micros() as u64),
         rss_bytes: sys.rss_bytes,
+        // What this session's mux has seen and holds, as of this OPEN (every frame before it
+        // was handled first).
+        session: session
+            .stats()
+            .map(|stats| SessionFacts::from_stats(&stats))
+            .unwrap_or_default(),
     };
     // Dropping the stream closes it gracefully.
     if let Err(e) = incoming.accept(&info.encode()) {
