@@ -52,6 +52,9 @@ mod key {
     pub const BUFFERED_DECODER: &str = "session.buffered_decoder";
     pub const GRANTED: &str = "session.granted";
     pub const HANDLE_BYTES: &str = "session.handle_bytes";
+    pub const RETRANSMITTED_FRAMES: &str = "session.retransmitted_frames";
+    pub const OUT_OF_ORDER: &str = "session.out_of_order";
+    pub const BUFFERED_RETRANSMIT: &str = "session.buffered_retransmit";
 }
 
 /// Facts about the agent, its machine and the session the question came on.
@@ -126,6 +129,12 @@ pub struct SessionFacts {
     pub granted: Option<u64>,
     /// Bytes held in stream handles' queues (both directions).
     pub handle_bytes: Option<u64>,
+    /// Frames the agent sent again (serial links with retransmission).
+    pub retransmitted_frames: Option<u64>,
+    /// Frames the agent dropped because one before them was lost.
+    pub out_of_order: Option<u64>,
+    /// Sent frames held until acknowledged.
+    pub buffered_retransmit: Option<u64>,
 }
 
 impl SessionFacts {
@@ -149,11 +158,14 @@ impl SessionFacts {
             buffered_decoder: Some(b.decoder as u64),
             granted: Some(b.granted as u64),
             handle_bytes: Some((stats.handle_rx + stats.handle_tx) as u64),
+            retransmitted_frames: Some(c.retransmitted_frames),
+            out_of_order: Some(c.out_of_order),
+            buffered_retransmit: Some(b.retransmit as u64),
         }
     }
 
     /// Every fact with its key.
-    fn entries(&self) -> [(&'static str, Option<u64>); 15] {
+    fn entries(&self) -> [(&'static str, Option<u64>); 18] {
         [
             (key::FRAMES_IN, self.frames_in),
             (key::RESYNCS, self.resyncs),
@@ -170,6 +182,9 @@ impl SessionFacts {
             (key::BUFFERED_DECODER, self.buffered_decoder),
             (key::GRANTED, self.granted),
             (key::HANDLE_BYTES, self.handle_bytes),
+            (key::RETRANSMITTED_FRAMES, self.retransmitted_frames),
+            (key::OUT_OF_ORDER, self.out_of_order),
+            (key::BUFFERED_RETRANSMIT, self.buffered_retransmit),
         ]
     }
 
@@ -191,6 +206,9 @@ impl SessionFacts {
             key::BUFFERED_DECODER => &mut self.buffered_decoder,
             key::GRANTED => &mut self.granted,
             key::HANDLE_BYTES => &mut self.handle_bytes,
+            key::RETRANSMITTED_FRAMES => &mut self.retransmitted_frames,
+            key::OUT_OF_ORDER => &mut self.out_of_order,
+            key::BUFFERED_RETRANSMIT => &mut self.buffered_retransmit,
             _ => return false,
         };
         *slot = v;
@@ -433,6 +451,9 @@ mod tests {
                 buffered_decoder: Some(0),
                 granted: Some(16384),
                 handle_bytes: Some(0),
+                retransmitted_frames: Some(5),
+                out_of_order: Some(6),
+                buffered_retransmit: Some(4096),
             },
         }
     }
