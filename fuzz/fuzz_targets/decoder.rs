@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use vmux::codec::Decoder;
-use vmux::wire::{Credit, ErrorBody, Header, Hello, Kind, Open, OpenOk, PingBody};
+use vmux::wire::{Ack, Credit, ErrorBody, Header, Hello, Kind, Open, OpenOk, PingBody};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&control, rest)) = data.split_first() else {
@@ -31,6 +31,7 @@ fuzz_target!(|data: &[u8]| {
                     drop(ErrorBody::parse(header.kind, p))
                 }
                 Kind::Credit => drop(Credit::parse(p)),
+                Kind::Ack => drop(Ack::parse(p)),
                 Kind::Ping | Kind::Pong => drop(PingBody::parse(header.kind, p)),
                 Kind::Data | Kind::Close => {}
             }

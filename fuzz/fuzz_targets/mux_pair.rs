@@ -1,6 +1,7 @@
 //! Two muxes joined by a link that chunks and delays bytes arbitrarily, driven by operations
 //! from both sides. Whatever the order, every byte a stream delivers is a byte that was sent
-//! on it, in order, and neither side panics.
+//! on it, in order, and neither side panics. With `reliable` (serial configs: CRCs and
+//! retransmission) the link may also flip, drop and insert bytes, and the same must hold.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -13,15 +14,53 @@ use vmux::wire::{ErrorCode, Role};
 
 #[derive(Debug, Arbitrary)]
 enum Op {
-    Open { side: bool },
-    AcceptAll { side: bool },
-    Send { side: bool, pick: u8, len: u16 },
-    Recv { side: bool, pick: u8, release: bool },
-    Close { side: bool, pick: u8 },
-    Reset { side: bool, pick: u8 },
-    Move { side: bool, n: u16 },
-    Tick { millis: u8 },
-    GoAway { side: bool },
+    Open {
+        side: bool,
+    },
+    AcceptAll {
+        side: bool,
+    },
+    Send {
+        side: bool,
+        pick: u8,
+        len: u16,
+    },
+    Recv {
+        side: bool,
+        pick: u8,
+        release: bool,
+    },
+    Close {
+        side: bool,
+        pick: u8,
+    },
+    Reset {
+        side: bool,
+        pick: u8,
+    },
+    Move {
+        side: bool,
+        n: u16,
+    },
+    Tick {
+        millis: u8,
+    },
+    GoAway {
+        side: bool,
+    },
+    /// Moves up to `n` bytes, damaged at `at` (only with `reliable`; otherwise a plain move).
+    MoveDamaged {
+        side: bool,
+        n: u16,
+        at: u16,
+        how: u8,
+    },
+}
+
+#[derive(Debug, Arbitrary)]
+struct Input {
+    reliable: bool,
+    ops: Vec<Op>,
 }
 
 struct Side {
@@ -33,10 +72,16 @@ struct Side {
     received: HashMap<u32, u64>,
 }
 
-fuzz_target!(|ops: Vec<Op>| {
+fuzz_target!(|input: Input| {
+    let Input { reliable, ops } = input;
     let now = Instant::from_millis(1);
-    let mut cfg = |role| {
-        let mut c = Config::new(role, role as u64);
+    let cfg = |role| {
+        let mut c = if reliable {
+            Config::serial(role, role as u64)
+        } else {
+            Config::new(role, role as u64)
+        };
+        c.retransmit_limit = 8 << 10;
         c.stream_window = 4 << 10;
         c.min_window = 1 << 10;
         c.max_buffered = 16 << 10;
@@ -129,7 +174,26 @@ fuzz_target!(|ops: Vec<Op>| {
                     let out = sides[from].mux.poll_transmit();
                     out[..out.len().min(usize::from(n))].to_vec()
                 };
-                sides[from].mux.advance_output(bytes.len());
+                sides[from].mux.advance_output(now, bytes.len());
+                sides[to].mux.handle_input(now, &bytes);
+            }
+            Op::MoveDamaged { side, n, at, how } => {
+                let (from, to) = if side { (1, 0) } else { (0, 1) };
+                let mut bytes = {
+                    let out = sides[from].mux.poll_transmit();
+                    out[..out.len().min(usize::from(n))].to_vec()
+                };
+                sides[from].mux.advance_output(now, bytes.len());
+                if reliable && !bytes.is_empty() {
+                    let at = usize::from(at) % bytes.len();
+                    match how % 3 {
+                        0 => bytes[at] ^= 1 << (how % 8),
+                        1 => {
+                            drop(bytes.drain(at..(at + 1 + usize::from(how % 8)).min(bytes.len())))
+                        }
+                        _ => drop(bytes.splice(at..at, [0xF7, 0x4D, how, how.wrapping_mul(31)])),
+                    }
+                }
                 sides[to].mux.handle_input(now, &bytes);
             }
             Op::Tick { millis } => {

@@ -1,6 +1,8 @@
 //! A hostile peer: a structured sequence of frames (with valid CRCs, so this target is just as
 //! meaningful outside fuzz builds) and local operations against one mux. The mux must never
-//! panic and its memory must stay within its configured bounds.
+//! panic and its memory must stay within its configured bounds. An odd number of operations
+//! runs the session with `RELIABLE`: the peer's frames are numbered in order and it may send
+//! any ACK (bogus numbers, resend requests) against the retransmit buffer.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -37,6 +39,11 @@ enum Op {
     },
     /// Raw bytes from the peer.
     Bytes(Vec<u8>),
+    /// An ACK from the peer (a protocol error unless `RELIABLE`).
+    Ack {
+        next: u16,
+        resend: bool,
+    },
     /// Local operations.
     LocalOpen,
     Accept {
@@ -86,7 +93,10 @@ fn frame(kind: u8, flags: u16, stream: u32, payload: &[u8], trailer: bool) -> Ve
 }
 
 fuzz_target!(|ops: Vec<Op>| {
+    let reliable = ops.len() % 2 == 1;
     let mut config = Config::new(Role::Server, 1);
+    config.reliable = reliable;
+    config.retransmit_limit = 8 << 10;
     config.max_streams = 8;
     config.stream_window = 8 << 10;
     config.min_window = 2 << 10;
@@ -98,7 +108,11 @@ fuzz_target!(|ops: Vec<Op>| {
     let hello = Hello {
         role: Role::Client,
         version: 1,
-        features: Features::empty(),
+        features: if reliable {
+            Features::RELIABLE
+        } else {
+            Features::empty()
+        },
         max_frame: 1 << 16,
         max_streams: 16,
         nonce: 7,
@@ -116,6 +130,15 @@ fuzz_target!(|ops: Vec<Op>| {
     mux.handle_input(now, &bytes);
     let mut incoming = Vec::new();
     let mut streams: Vec<u32> = Vec::new();
+    // The peer numbers its frames in order when RELIABLE is on (garbage may break the order).
+    let mut seq: u16 = 0;
+    let mut numbered = |mut f: Vec<u8>| {
+        if reliable {
+            vmux::wire::stamp_seq(&mut f, seq);
+            seq = seq.wrapping_add(1);
+        }
+        f
+    };
     for op in ops {
         match op {
             Op::Frame {
@@ -125,24 +148,44 @@ fuzz_target!(|ops: Vec<Op>| {
                 payload,
                 trailer,
             } => {
-                mux.handle_input(now, &frame(kind, flags, stream, &payload, trailer));
+                mux.handle_input(
+                    now,
+                    &numbered(frame(kind, flags, stream, &payload, trailer)),
+                );
             }
             Op::Open { stream, credit } => {
                 let mut p = credit.to_le_bytes().to_vec();
                 p.extend_from_slice(&[3, b's', b'v', b'c']);
-                mux.handle_input(now, &frame(Kind::Open as u8, 0, stream, &p, false));
+                mux.handle_input(
+                    now,
+                    &numbered(frame(Kind::Open as u8, 0, stream, &p, false)),
+                );
             }
             Op::Data { stream, len } => {
                 let p = vec![0xAB; usize::from(len)];
-                mux.handle_input(now, &frame(Kind::Data as u8, 0, stream, &p, false));
+                mux.handle_input(
+                    now,
+                    &numbered(frame(Kind::Data as u8, 0, stream, &p, false)),
+                );
             }
             Op::Credit { stream, limit } => {
                 mux.handle_input(
                     now,
-                    &frame(Kind::Credit as u8, 0, stream, &limit.to_le_bytes(), false),
+                    &numbered(frame(
+                        Kind::Credit as u8,
+                        0,
+                        stream,
+                        &limit.to_le_bytes(),
+                        false,
+                    )),
                 );
             }
             Op::Bytes(b) => mux.handle_input(now, &b),
+            Op::Ack { next, resend } => {
+                let flags = if resend { Flags::RESEND.bits() } else { 0 };
+                let f = frame(Kind::Ack as u8, flags, 0, &next.to_le_bytes(), reliable);
+                mux.handle_input(now, &f);
+            }
             Op::LocalOpen => {
                 if let Ok(id) = mux.open("svc", b"args") {
                     streams.push(id);
@@ -181,7 +224,7 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::GoAway => mux.goaway(ErrorCode::NORMAL, ""),
             Op::Transmit { n } => {
                 let len = mux.poll_transmit().len().min(usize::from(n));
-                mux.advance_output(len);
+                mux.advance_output(now, len);
             }
             Op::Tick { millis } => {
                 now = now + Duration::from_millis(u64::from(millis));
@@ -202,6 +245,13 @@ fuzz_target!(|ops: Vec<Op>| {
         );
         assert!(b.granted <= bound, "granted {} over {bound}", b.granted);
         assert!(b.rx <= bound, "rx {} over {bound}", b.rx);
+        // The retransmit buffer: its limit plus the frame that crossed it (and a last GOAWAY).
+        let retransmit_bound = config.retransmit_limit + 2 * ((64 << 10) + 24);
+        assert!(
+            b.retransmit <= retransmit_bound,
+            "retransmit buffer {} over {retransmit_bound}",
+            b.retransmit
+        );
         assert!(b.decoder <= 20 + (64 << 10) + 4);
         assert!(mux.stream_count() <= 8 + streams.len());
     }
