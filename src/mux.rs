@@ -22,9 +22,12 @@
 //!   Receive memory is therefore bounded by `max_streams * min_window + max_buffered` whatever
 //!   the peer does. DATA beyond the limit gets RESET(FLOW_CONTROL).
 //! - **Keepalive.** After `keepalive_interval` without any frame from the peer, send PING; if
-//!   nothing arrives within `keepalive_timeout` after it, the session ends with TIMEOUT. A timer
-//!   call that comes more than half a timeout after its deadline means this process was frozen
-//!   (VM paused, host suspended): it re-arms the probe instead of declaring the peer dead.
+//!   nothing arrives within `keepalive_timeout` after it, the peer is reported silent and probed
+//!   again (or, with `end_on_silence`, the session ends with TIMEOUT). A timer call that comes
+//!   more than half a timeout after its deadline means this process was frozen (VM paused, host
+//!   suspended): it re-arms the probe instead of counting the peer silent.
+//! - **Retransmission** (serial links, `RELIABLE`): frames carry sequence numbers and are resent
+//!   until acknowledged; see [`crate::arq`].
 //! - **Shutdown.** GOAWAY(NORMAL) stops new streams; existing ones finish. A side with no stream
 //!   left sends GOAWAY|DRAINED; the session ends once DRAINED went both ways, which proves each
 //!   side received everything the other sent (an EOF alone proves nothing). GOAWAY with any
@@ -86,8 +89,13 @@ pub struct Config {
     pub min_rto: Duration,
     /// Silence before a keepalive PING; `None` disables keepalive.
     pub keepalive_interval: Option<Duration>,
-    /// Silence after a PING before the session is declared dead.
+    /// Silence after a PING before the peer counts as silent (see `end_on_silence`).
     pub keepalive_timeout: Duration,
+    /// Whether a silent peer ends the session (TIMEOUT). Off by default: a paused VM cannot be
+    /// told from a hung one, and every link vmux runs on reports a dead peer by itself (EOF or
+    /// reset on sockets, a closed chardev, a new HELLO nonce on a serial line), so silence is
+    /// reported ([`Event::PeerSilent`]) and probed, not punished.
+    pub end_on_silence: bool,
     /// How often HELLO is resent while the peer has not answered (only when nothing is queued).
     pub hello_retry: Duration,
     /// Most control frames queued while the peer does not read, before OVERLOAD ends the session.
@@ -117,6 +125,7 @@ impl Config {
             min_rto: Duration::from_millis(20),
             keepalive_interval: Some(Duration::from_secs(15)),
             keepalive_timeout: Duration::from_secs(30),
+            end_on_silence: false,
             hello_retry: Duration::from_secs(1),
             max_pending_control: 4096,
             output_high_water: 256 << 10,
@@ -276,6 +285,11 @@ pub enum Event {
     GoAway { code: ErrorCode, message: String },
     /// An answer to [`Mux::ping`].
     Pong { rtt: Duration },
+    /// Nothing arrived for `keepalive_timeout` after a PING (and `end_on_silence` is off): the
+    /// peer is paused, hung, or cut off. Probing goes on; streams stay.
+    PeerSilent { silent_for: Duration },
+    /// A frame arrived from a peer that had been reported silent.
+    PeerBack { silent_for: Duration },
     /// The session is over; flush [`Mux::poll_transmit`] and close the link.
     Terminated(Termination),
 }
@@ -319,6 +333,8 @@ pub struct Counters {
     pub pauses: u64,
     /// Times the peer restarted (a HELLO with a new nonce).
     pub peer_restarts: u64,
+    /// Times the peer went silent past the keepalive timeout without ending the session.
+    pub silences: u64,
     /// Frames sent again because the peer asked or the retransmission timer fired.
     pub retransmitted_frames: u64,
     /// Retransmission timer expiries.
@@ -531,6 +547,8 @@ struct Liveness {
     pong_owed: Option<u64>,
     /// When HELLO was last queued.
     hello_sent: Instant,
+    /// Whether the peer was reported silent and has not been heard since.
+    silent: bool,
 }
 
 /// Shutdown bookkeeping while draining.
@@ -625,6 +643,7 @@ impl Mux {
                 next_opaque: 1,
                 pong_owed: None,
                 hello_sent: now,
+                silent: false,
             },
             drain: Drain::default(),
             counters: Counters::default(),
@@ -750,6 +769,11 @@ impl Mux {
             match result {
                 Ok(frame) => {
                     self.counters.frames_in += 1;
+                    if self.live.silent {
+                        self.live.silent = false;
+                        let silent_for = now.saturating_since(self.live.last_rx);
+                        self.events.push_back(Event::PeerBack { silent_for });
+                    }
                     self.live.last_rx = now;
                     self.live.probe = None;
                     if self.live_reliable()
@@ -812,11 +836,23 @@ impl Mux {
                 };
                 match self.live.probe {
                     Some((_, sent)) if now >= sent + self.config.keepalive_timeout => {
-                        let secs = self.config.keepalive_timeout.as_secs_f64();
-                        self.fail(
-                            ErrorCode::TIMEOUT,
-                            format!("no frame from the peer for {secs:.1} s after a PING"),
-                        );
+                        if self.config.end_on_silence {
+                            let secs = self.config.keepalive_timeout.as_secs_f64();
+                            return self.fail(
+                                ErrorCode::TIMEOUT,
+                                format!("no frame from the peer for {secs:.1} s after a PING"),
+                            );
+                        }
+                        if !self.live.silent {
+                            self.live.silent = true;
+                            self.counters.silences += 1;
+                            let silent_for = now.saturating_since(self.live.last_rx);
+                            self.events.push_back(Event::PeerSilent { silent_for });
+                        }
+                        // Probe again; the first frame that arrives ends the silence.
+                        let opaque = self.next_opaque();
+                        self.live.probe = Some((opaque, now));
+                        self.control.push_back(Control::Ping { opaque });
                     }
                     Some(_) => {}
                     None if now >= self.live.last_rx + interval => {
@@ -2265,8 +2301,10 @@ mod tests {
     }
 
     #[test]
-    fn keepalive_times_out_a_silent_peer() {
-        let mut p = Pair::new();
+    fn keepalive_times_out_a_silent_peer_when_asked_to() {
+        let mut a = Config::new(Role::Client, 11);
+        a.end_on_silence = true;
+        let mut p = Pair::with(a, Config::new(Role::Server, 22));
         p.run();
         let interval = p.a.config().keepalive_interval.unwrap();
         let deadline = p.a.poll_at().unwrap();
@@ -2283,6 +2321,41 @@ mod tests {
         }
         assert_eq!(p.a.termination().unwrap().code, ErrorCode::TIMEOUT);
         assert_eq!(p.a.counters().pings_sent, 1);
+    }
+
+    #[test]
+    fn a_silent_peer_is_reported_and_probed_but_keeps_its_session() {
+        let mut p = Pair::new();
+        let id = p.a.open("svc", b"").unwrap();
+        p.run();
+        p.b.accept(id, b"").unwrap();
+        p.run();
+        let mut now = p.now;
+        // Five minutes of silence (a paused VM), in steps that do not look like our own pause.
+        for _ in 0..300 {
+            now = now + Duration::from_secs(1);
+            p.a.handle_timeout(now);
+            let n = p.a.poll_transmit().len(); // PINGs go nowhere
+            p.a.advance_output(now, n);
+        }
+        assert_eq!(p.a.phase(), Phase::Established);
+        assert!(p.a.has_stream(id));
+        let silent: Vec<Event> = events(&mut p.a)
+            .into_iter()
+            .filter(|e| matches!(e, Event::PeerSilent { .. }))
+            .collect();
+        assert_eq!(silent.len(), 1, "reported once per silence");
+        assert_eq!(p.a.counters().silences, 1);
+        assert!(p.a.counters().pings_sent >= 10, "still probing");
+        // The VM resumes: its first frame ends the silence.
+        p.now = now;
+        p.b.ping(now).unwrap();
+        p.run();
+        assert!(p
+            .a_events
+            .iter()
+            .any(|e| matches!(e, Event::PeerBack { silent_for } if *silent_for >= Duration::from_secs(250))));
+        assert!(p.a.has_stream(id));
     }
 
     #[test]

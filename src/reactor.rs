@@ -1837,6 +1837,16 @@ impl SessionEntry {
                     let _ = tx.send(Ok(rtt));
                 }
             }
+            Event::PeerSilent { silent_for } => log::warn!(
+                "{}: no frame from the peer for {:.1} s (paused, hung or cut off); still probing",
+                self.link.peer(),
+                silent_for.as_secs_f64()
+            ),
+            Event::PeerBack { silent_for } => log::info!(
+                "{}: the peer answered again after {:.1} s of silence",
+                self.link.peer(),
+                silent_for.as_secs_f64()
+            ),
             Event::Terminated(t) => self.finish(&t),
         }
     }

@@ -186,7 +186,10 @@ impl Peer {
                         p.done = true;
                     }
                 }
-                Event::GoAway { .. } | Event::Pong { .. } => {}
+                Event::GoAway { .. }
+                | Event::Pong { .. }
+                | Event::PeerSilent { .. }
+                | Event::PeerBack { .. } => {}
                 Event::Terminated(t) => {
                     if !t.is_graceful() {
                         self.errors.push(format!("terminated: {t}"));
@@ -554,6 +557,7 @@ fn a_dead_link_ends_in_keepalive_timeout_on_both_sides() {
     for c in [&mut a_cfg, &mut b_cfg] {
         c.keepalive_interval = Some(Duration::from_millis(200));
         c.keepalive_timeout = Duration::from_millis(500);
+        c.end_on_silence = true;
     }
     let mut sim = Sim::new(7, a_cfg, b_cfg);
     sim.a.open(0, 1000);
