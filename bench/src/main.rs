@@ -7,12 +7,13 @@
 //! machine spreads over every case rather than landing on one.
 //!
 //! ```text
-//! vmux-bench [throughput|latency|pty|footprint|all] [--size BYTES] [--count N] [--reps N]
+//! vmux-bench [throughput|latency|pty|footprint|vm|all] [--size BYTES] [--count N] [--reps N]
 //! ```
 
 mod cases;
 mod footprint;
 mod measure;
+mod vm;
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -27,13 +28,16 @@ benches (default: all):
   latency      64-byte ping-pong round trips, pinned to CPU 0: raw, vmux, yamux
   pty          raw pty pair vs vmux over a pty (Config::serial and Config::new)
   footprint    agent binary size and idle RSS, idle client memory, per-stream memory
+  vm           a TCG guest: host->guest and guest->host over virtio-serial and hybrid vsock,
+               vmux exec and cp vs a raw copy through the same device (needs --rawio)
   all          every bench above
 
 options:
-  --size BYTES   bytes moved per throughput case (K/M/G suffixes; default 1G, pty 64M)
+  --size BYTES   bytes moved per throughput case (K/M/G suffixes; default 1G, pty 64M, vm 32M)
   --count N      round trips per latency case (default 100000)
-  --reps N       repetitions of each case (default 5)
+  --reps N       repetitions of each case (default 5, vm 3)
   --agent PATH   static vmux-agent binary for footprint (default: build it)
+  --rawio PATH   static vmux-rawio for vm (`cargo xtask bench vm` builds and passes it)
 ";
 
 /// Parsed command line.
@@ -41,8 +45,16 @@ struct Opts {
     bench: String,
     size: Option<u64>,
     count: usize,
-    reps: usize,
+    reps: Option<usize>,
     agent: Option<String>,
+    rawio: Option<String>,
+}
+
+impl Opts {
+    /// Repetitions of each case of the host benches.
+    fn reps(&self) -> usize {
+        self.reps.unwrap_or(5)
+    }
 }
 
 fn parse_size(s: &str) -> u64 {
@@ -66,8 +78,9 @@ fn main() {
         bench: "all".into(),
         size: None,
         count: 100_000,
-        reps: 5,
+        reps: None,
         agent: None,
+        rawio: None,
     };
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -75,8 +88,9 @@ fn main() {
         match a.as_str() {
             "--size" => opts.size = Some(parse_size(&val("--size"))),
             "--count" => opts.count = val("--count").parse().expect("--count N"),
-            "--reps" => opts.reps = val("--reps").parse().expect("--reps N"),
+            "--reps" => opts.reps = Some(val("--reps").parse().expect("--reps N")),
             "--agent" => opts.agent = Some(val("--agent")),
+            "--rawio" => opts.rawio = Some(val("--rawio")),
             "-h" | "--help" | "help" => {
                 print!("{USAGE}");
                 return;
@@ -101,7 +115,15 @@ fn main() {
         ran = true;
     }
     if all || opts.bench == "footprint" {
-        footprint::run(opts.agent.as_deref(), opts.reps);
+        footprint::run(opts.agent.as_deref(), opts.reps());
+        ran = true;
+    }
+    if all || opts.bench == "vm" {
+        vm::run(
+            opts.rawio.as_deref(),
+            opts.size.unwrap_or(32 << 20),
+            opts.reps.unwrap_or(3),
+        );
         ran = true;
     }
     if !ran {
@@ -302,7 +324,7 @@ fn throughput(opts: &Opts) {
     println!(
         "## Throughput over a unix socketpair ({} in 64 KiB writes, {} reps)\n",
         size_label(size),
-        opts.reps
+        opts.reps()
     );
     for (pin, title) in [(0, "unpinned"), (1, "pinned to CPU 0")] {
         let cases: Vec<(String, Vec<String>)> = names
@@ -314,7 +336,7 @@ fn throughput(opts: &Opts) {
                 )
             })
             .collect();
-        let samples = run_interleaved(&cases, opts.reps);
+        let samples = run_interleaved(&cases, opts.reps());
         let labels: Vec<&str> = names.iter().map(|(l, _)| *l).collect();
         throughput_table(title, &labels, &samples);
     }
@@ -323,7 +345,7 @@ fn throughput(opts: &Opts) {
 fn latency(opts: &Opts) {
     println!(
         "## Latency: 64-byte ping-pong over a unix socketpair, pinned to CPU 0 ({} round trips, {} reps)\n",
-        opts.count, opts.reps
+        opts.count, opts.reps()
     );
     let names = [
         ("raw", "lat-raw"),
@@ -334,7 +356,7 @@ fn latency(opts: &Opts) {
         .iter()
         .map(|(l, c)| (l.to_string(), vec![c.to_string(), opts.count.to_string()]))
         .collect();
-    let samples = run_interleaved(&cases, opts.reps);
+    let samples = run_interleaved(&cases, opts.reps());
     println!("| case | p50 µs median | p50 min–max | p50 ratio vs raw | p99 µs median | p99 min–max | p99 ratio vs raw |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     let b50 = measure::summary(&field(&samples[0], "p50")).0;
@@ -354,7 +376,7 @@ fn pty(opts: &Opts) {
     println!(
         "## pty: raw pty pair (cfmakeraw) vs vmux over the same kind of pair ({} in 64 KiB writes, {} reps)\n",
         size_label(size),
-        opts.reps
+        opts.reps()
     );
     let names = [
         ("raw pty", "pty-raw"),
@@ -374,7 +396,7 @@ fn pty(opts: &Opts) {
                 )
             })
             .collect();
-        let samples = run_interleaved(&cases, opts.reps);
+        let samples = run_interleaved(&cases, opts.reps());
         let labels: Vec<&str> = names.iter().map(|(l, _)| *l).collect();
         throughput_table(title, &labels, &samples);
     }
