@@ -33,11 +33,12 @@ benches (default: all):
   all          every bench above
 
 options:
-  --size BYTES   bytes moved per throughput case (K/M/G suffixes; default 1G, pty 64M, vm 32M)
+  --size BYTES   bytes moved per throughput case (K/M/G suffixes; default 1G, pty 64M, vm 64M)
   --count N      round trips per latency case (default 100000)
   --reps N       repetitions of each case (default 5, vm 3)
   --agent PATH   static vmux-agent binary for footprint (default: build it)
   --rawio PATH   static vmux-rawio for vm (`cargo xtask bench vm` builds and passes it)
+  --guest-cpu M  QEMU -cpu model for vm (default: QEMU's, qemu64 under TCG: no SSE4.2)
 ";
 
 /// Parsed command line.
@@ -48,6 +49,7 @@ struct Opts {
     reps: Option<usize>,
     agent: Option<String>,
     rawio: Option<String>,
+    guest_cpu: Option<String>,
 }
 
 impl Opts {
@@ -81,6 +83,7 @@ fn main() {
         reps: None,
         agent: None,
         rawio: None,
+        guest_cpu: None,
     };
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -91,6 +94,7 @@ fn main() {
             "--reps" => opts.reps = Some(val("--reps").parse().expect("--reps N")),
             "--agent" => opts.agent = Some(val("--agent")),
             "--rawio" => opts.rawio = Some(val("--rawio")),
+            "--guest-cpu" => opts.guest_cpu = Some(val("--guest-cpu")),
             "-h" | "--help" | "help" => {
                 print!("{USAGE}");
                 return;
@@ -121,8 +125,9 @@ fn main() {
     if all || opts.bench == "vm" {
         vm::run(
             opts.rawio.as_deref(),
-            opts.size.unwrap_or(32 << 20),
+            opts.size.unwrap_or(64 << 20),
             opts.reps.unwrap_or(3),
+            opts.guest_cpu.as_deref(),
         );
         ran = true;
     }

@@ -16,6 +16,10 @@
 //! - **vmux cp**: `copy_put` of N bytes to `/tmp` (a tmpfs) and `copy_get` of that file back,
 //!   timed over the whole call, as `vmux-shim cp` does it (with its CRC32C on both ends).
 //!
+//! The agent's CPU time (from the `info` service, read before and after each transfer) is shown
+//! per GiB: under TCG the guest has one emulated CPU, so a figure near the transfer's wall time
+//! per GiB means the agent is what limits it. (On the raw rows it is the agent idling.)
+//!
 //! The host side of every vmux case is this process with the library's client API, over the
 //! address `vmux-shim` would use (`unix://` chardev socket, `hvsock://` UDS), with the settings
 //! the shim uses by default (`Config::new`; the agent asks for payload CRCs on virtio-serial,
@@ -109,11 +113,9 @@ struct Bench {
 }
 
 /// Runs the VM bench and prints its table; `rawio` is the static guest tool.
-pub fn run(rawio: Option<&str>, size: u64, reps: usize) {
+pub fn run(rawio: Option<&str>, size: u64, reps: usize, cpu: Option<&str>) {
     let Some(rawio) = rawio else {
-        eprintln!(
-            "vm: needs --rawio PATH (a static vmux-rawio); `cargo xtask bench vm` builds it"
-        );
+        eprintln!("vm: needs --rawio PATH (a static vmux-rawio); `cargo xtask bench vm` builds it");
         std::process::exit(2);
     };
     let assets = match VmAssets::load() {
@@ -125,7 +127,7 @@ pub fn run(rawio: Option<&str>, size: u64, reps: usize) {
         Err(e) => panic!("VM assets are unusable: {e}"),
     };
     let started = Instant::now();
-    let mut bench = setup(&assets, Path::new(rawio));
+    let mut bench = setup(&assets, Path::new(rawio), cpu);
     let boot = started.elapsed();
 
     let mut cases = Vec::new();
@@ -141,6 +143,7 @@ pub fn run(rawio: Option<&str>, size: u64, reps: usize) {
         bench.transfer(device, dir, way, (size / 8).max(1 << 20));
     }
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut agent_cpu: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     for rep in 0..reps {
         for (i, &(device, dir, way)) in cases.iter().enumerate() {
             eprint!(
@@ -151,8 +154,11 @@ pub fn run(rawio: Option<&str>, size: u64, reps: usize) {
                 way,
                 ""
             );
+            let cpu0 = bench.agent_cpu(device);
             let secs = bench.transfer(device, dir, way, size).as_secs_f64();
+            let cpu = bench.agent_cpu(device) - cpu0;
             samples[i].push(size as f64 / (1 << 20) as f64 / secs);
+            agent_cpu[i].push(cpu / (size as f64 / (1u64 << 30) as f64));
         }
     }
     eprintln!("\r{:<70}", "");
@@ -160,16 +166,17 @@ pub fn run(rawio: Option<&str>, size: u64, reps: usize) {
     bench.finish();
 
     println!(
-        "## In the VM: throughput over virtio-serial and hybrid vsock ({} MiB per transfer, {reps} reps, TCG guest)\n",
-        size >> 20
+        "## In the VM: throughput over virtio-serial and hybrid vsock ({} MiB per transfer, {reps} reps, TCG guest, -cpu {})\n",
+        size >> 20,
+        cpu.unwrap_or("default (qemu64)")
     );
     println!(
         "Boot, copy of vmux-rawio and start of its servers: {:.1} s; whole bench: {:.1} s.\n",
         boot.as_secs_f64(),
         measured.as_secs_f64()
     );
-    println!("| device | direction | case | MiB/s median | MiB/s min–max | ratio vs raw (median) | ratio per rep min–max |");
-    println!("|---|---|---|---:|---:|---:|---:|");
+    println!("| device | direction | case | MiB/s median | MiB/s min–max | ratio vs raw (median) | ratio per rep min–max | agent CPU s/GiB median |");
+    println!("|---|---|---|---:|---:|---:|---:|---:|");
     for (i, &(device, dir, way)) in cases.iter().enumerate() {
         let raw = cases
             .iter()
@@ -187,8 +194,9 @@ pub fn run(rawio: Option<&str>, size: u64, reps: usize) {
             Dir::ToGuest => "host → guest",
             Dir::FromGuest => "guest → host",
         };
+        let cpu = measure::summary(&agent_cpu[i]).0;
         println!(
-            "| {} | {direction} | {} | {med:.0} | {lo:.0}–{hi:.0} | {:.2}× | {rlo:.2}–{rhi:.2}× |",
+            "| {} | {direction} | {} | {med:.0} | {lo:.0}–{hi:.0} | {:.2}× | {rlo:.2}–{rhi:.2}× | {cpu:.1} |",
             device.name(),
             way.label(dir),
             med / base
@@ -198,13 +206,15 @@ pub fn run(rawio: Option<&str>, size: u64, reps: usize) {
 }
 
 /// Boots the guest, connects both sessions, installs `vmux-rawio` and starts its two servers.
-fn setup(assets: &VmAssets, rawio: &Path) -> Bench {
+fn setup(assets: &VmAssets, rawio: &Path, cpu: Option<&str>) -> Bench {
     eprintln!("  booting the guest (TCG) ...");
-    let vm = VmBuilder::all_links(assets)
+    let mut builder = VmBuilder::all_links(assets)
         .virtio_serial(RAW_PORT)
-        .memory_mib(512)
-        .boot_agent()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .memory_mib(512);
+    if let Some(cpu) = cpu {
+        builder = builder.cpu(cpu);
+    }
+    let vm = builder.boot_agent().unwrap_or_else(|e| panic!("{e}"));
     let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
         panic!("{what}: {e}\n{}", vm.diagnostics())
     };
@@ -318,6 +328,16 @@ impl Bench {
                 self.vm.diagnostics()
             )
         })
+    }
+
+    /// The agent's CPU time so far in seconds (user + system, from the `info` service).
+    fn agent_cpu(&self, device: Device) -> f64 {
+        let session = match device {
+            Device::VirtioSerial => &self.virtio.session,
+            Device::Vsock => &self.vsock.session,
+        };
+        let info = service::info(session).unwrap_or_else(|e| panic!("info: {e}"));
+        info.cpu_time_us.unwrap_or(0) as f64 / 1e6
     }
 
     /// Stops the raw servers and powers the guest off (dropping the VM kills QEMU otherwise).

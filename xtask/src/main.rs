@@ -130,7 +130,7 @@ fn bench_name(args: &[String]) -> &str {
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "--size" | "--count" | "--reps" | "--agent" | "--rawio" => {
+            "--size" | "--count" | "--reps" | "--agent" | "--rawio" | "--guest-cpu" => {
                 it.next();
             }
             a if a.starts_with('-') => {}

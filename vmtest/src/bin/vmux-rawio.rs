@@ -95,7 +95,6 @@ fn serve_vsock(port: u32) -> io::Result<()> {
     }
 }
 
-
 /// Opens the virtio-serial port `name` and serves commands on it for ever.
 fn serve_virtio(name: &str) -> io::Result<()> {
     let path = virtio_port(name)?;
