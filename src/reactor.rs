@@ -18,7 +18,7 @@
 use crate::mux::{Config, Event, Mux, Phase, StreamId, Termination};
 use crate::session::{
     BufPool, ChannelEvent, ChannelEventKind, Incoming, PumpDone, PumpSpec, RxEnd, Session,
-    SessionError, SessionShared, SessionStats, StreamShared, TxEnd,
+    SessionError, SessionShared, SessionStats, StreamShared, TxEnd, Waiting,
 };
 use crate::time::Clock;
 use crate::transport::{set_nonblocking, Link, LinkKind, UnixLinkListener};
@@ -1878,7 +1878,7 @@ impl SessionEntry {
                     any = true;
                 }
                 if any {
-                    shared.notify(st);
+                    shared.notify(st, Waiting::Read);
                 }
             }
             Some(Endpoint::Handle { dropped: true, .. }) => {
@@ -2002,7 +2002,7 @@ impl SessionEntry {
         let shut = matches!(st.tx_end, TxEnd::Shut) || close_requested;
         let close_now = shut && st.tx.is_empty();
         if moved || credit_grew {
-            shared.notify(st);
+            shared.notify(st, Waiting::Write);
         } else {
             drop(st);
         }
