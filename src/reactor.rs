@@ -1507,7 +1507,16 @@ impl SessionEntry {
     }
 
     /// Reads the link until it would block; returns whether anything was read.
+    ///
+    /// On a socket, a read that returns less than asked for means that the socket was empty at
+    /// that moment: the next arrival raises a new edge-triggered event, so the loop stops there
+    /// instead of spending a system call on the `WouldBlock` (one per message at low rates).
+    /// Ports and ttys are read until `WouldBlock`.
     fn read_link(&mut self, buf: &mut [u8], now: crate::time::Instant) -> bool {
+        let socket = matches!(
+            self.link.kind(),
+            LinkKind::Unix | LinkKind::Hvsock | LinkKind::Vsock
+        );
         let mut any = false;
         loop {
             match self.link.read(buf) {
@@ -1521,6 +1530,10 @@ impl SessionEntry {
                     self.mux.handle_input(now, &buf[..n]);
                     if self.mux.phase() == Phase::Terminated {
                         self.readable = true;
+                        return true;
+                    }
+                    if socket && n < buf.len() {
+                        self.readable = false;
                         return true;
                     }
                 }
