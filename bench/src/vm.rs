@@ -49,6 +49,10 @@ const RAW_VSOCK_PORT: u32 = 5001;
 const GUEST_RAWIO: &str = "/usr/bin/vmux-rawio";
 /// The file the cp cases write and read (the guest's `/tmp` is in RAM).
 const GUEST_FILE: &str = "/tmp/vmux-bench.bin";
+/// Bytes per transfer unless `--size` says otherwise.
+pub const DEFAULT_SIZE: u64 = 64 << 20;
+/// The largest transfer: the cp cases keep the file and its replacement in the guest's RAM.
+const MAX_SIZE: u64 = 128 << 20;
 /// Bytes per write on the host side.
 const BUF: usize = 64 << 10;
 /// Budget for one connection or transfer on a loaded machine.
@@ -118,6 +122,10 @@ pub fn run(rawio: Option<&str>, size: u64, reps: usize, cpu: Option<&str>) {
         eprintln!("vm: needs --rawio PATH (a static vmux-rawio); `cargo xtask bench vm` builds it");
         std::process::exit(2);
     };
+    if size == 0 || size > MAX_SIZE {
+        eprintln!("vm: --size must be between 1 byte and 128M (the guest keeps cp's file in RAM)");
+        std::process::exit(2);
+    }
     let assets = match VmAssets::load() {
         Ok(Some(a)) => a,
         Ok(None) => {

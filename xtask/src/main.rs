@@ -181,3 +181,22 @@ fn test(args: &[String]) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::bench_name;
+
+    fn name(args: &[&str]) -> String {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        bench_name(&args).to_string()
+    }
+
+    #[test]
+    fn bench_name_skips_options_and_their_values() {
+        assert_eq!(name(&[]), "all");
+        assert_eq!(name(&["vm"]), "vm");
+        assert_eq!(name(&["--reps", "3", "vm"]), "vm");
+        assert_eq!(name(&["--size", "64M", "--guest-cpu", "max"]), "all");
+        assert_eq!(name(&["latency", "--count", "10"]), "latency");
+    }
+}
