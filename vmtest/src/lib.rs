@@ -341,18 +341,18 @@ impl VmBuilder {
             "none",
             "-no-reboot",
         ])
-        .args(["-nic", "none", "-m", &self.memory_mib.to_string()]);
+        .args(["-nic", "none", "-m", &self.memory_mib.to_string()])
+        .arg("-kernel")
+        .arg(&self.assets.kernel)
+        .arg("-initrd")
+        .arg(self.initrd.as_ref().unwrap_or(&self.assets.initrd))
+        .arg("-append")
+        .arg(self.cmdline())
+        .arg("-serial")
+        .arg(format!("file:{}", vm.console.display()));
         if let Some(cpu) = &self.cpu {
             qemu.args(["-cpu", cpu]);
         }
-        qemu.arg("-kernel")
-            .arg(&self.assets.kernel)
-            .arg("-initrd")
-            .arg(self.initrd.as_ref().unwrap_or(&self.assets.initrd))
-            .arg("-append")
-            .arg(self.cmdline())
-            .arg("-serial")
-            .arg(format!("file:{}", vm.console.display()));
         if self.isa_serial {
             let sock = vm.dir.join("ttyS1.sock");
             qemu.arg("-serial")
