@@ -18,7 +18,7 @@
 use crate::mux::{Config, Event, Mux, Phase, StreamId, Termination};
 use crate::session::{
     BufPool, ChannelEvent, ChannelEventKind, Incoming, PumpDone, PumpSpec, RxEnd, Session,
-    SessionError, SessionShared, SessionStats, StreamShared, TxEnd,
+    SessionError, SessionShared, SessionStats, StreamShared, TxEnd, Waiting,
 };
 use crate::time::Clock;
 use crate::transport::{set_nonblocking, Link, LinkKind, UnixLinkListener};
@@ -1550,7 +1550,16 @@ impl SessionEntry {
     }
 
     /// Reads the link until it would block; returns whether anything was read.
+    ///
+    /// On a socket, a read that returns less than asked for means that the socket was empty at
+    /// that moment: the next arrival raises a new edge-triggered event, so the loop stops there
+    /// instead of spending a system call on the `WouldBlock` (one per message at low rates).
+    /// Ports and ttys are read until `WouldBlock`.
     fn read_link(&mut self, buf: &mut [u8], now: crate::time::Instant) -> bool {
+        let socket = matches!(
+            self.link.kind(),
+            LinkKind::Unix | LinkKind::Hvsock | LinkKind::Vsock
+        );
         let mut any = false;
         loop {
             match self.link.read(buf) {
@@ -1564,6 +1573,10 @@ impl SessionEntry {
                     self.mux.handle_input(now, &buf[..n]);
                     if self.mux.phase() == Phase::Terminated {
                         self.readable = true;
+                        return true;
+                    }
+                    if socket && n < buf.len() {
+                        self.readable = false;
                         return true;
                     }
                 }
@@ -1931,7 +1944,7 @@ impl SessionEntry {
                     any = true;
                 }
                 if any {
-                    shared.notify(st);
+                    shared.notify(st, Waiting::Read);
                 }
             }
             Some(Endpoint::Handle { dropped: true, .. }) => {
@@ -2059,7 +2072,7 @@ impl SessionEntry {
         let shut = matches!(st.tx_end, TxEnd::Shut) || close_requested;
         let close_now = shut && st.tx.is_empty();
         if moved || credit_grew {
-            shared.notify(st);
+            shared.notify(st, Waiting::Write);
         } else {
             drop(st);
         }

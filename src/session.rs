@@ -168,9 +168,22 @@ pub(crate) struct StreamState {
     /// credit): the writer queues no more than this, so unsent data never exceeds what the
     /// peer agreed to buffer.
     pub credit: usize,
-    /// Application threads waiting on the condition variable (the reactor skips the wake-up
-    /// system call when there are none).
-    pub waiters: u32,
+    /// Application threads waiting on the condition variable for received bytes (or the end
+    /// of the receive half). The reactor skips the wake-up system call when there are none.
+    pub read_waiters: u32,
+    /// Application threads waiting for room to queue or for the queue to drain. Counted apart
+    /// from readers so that moving a writer's bytes does not wake a reader for nothing (each
+    /// such wake-up is two context switches per message).
+    pub write_waiters: u32,
+}
+
+/// What an application thread waits for on a stream's condition variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waiting {
+    /// Received bytes or the end of the receive half.
+    Read,
+    /// Room in the send queue, or an empty queue.
+    Write,
 }
 
 /// A stream's shared state and its condition variable.
@@ -198,7 +211,8 @@ impl StreamShared {
                 tx_end: TxEnd::Open,
                 tx_notified: false,
                 credit: 0,
-                waiters: 0,
+                read_waiters: 0,
+                write_waiters: 0,
             }),
             cond: Condvar::new(),
             tx_cap: tx_cap.max(1),
@@ -214,9 +228,13 @@ impl StreamShared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Releases `st` and wakes the application threads waiting on it, if any.
-    pub fn notify(&self, st: MutexGuard<'_, StreamState>) {
-        let waiting = st.waiters > 0;
+    /// Releases `st` and wakes the application threads waiting for `what` (and, as they
+    /// share the condition variable, any others), if there are any.
+    pub fn notify(&self, st: MutexGuard<'_, StreamState>, what: Waiting) {
+        let waiting = match what {
+            Waiting::Read => st.read_waiters > 0,
+            Waiting::Write => st.write_waiters > 0,
+        };
         drop(st);
         if waiting {
             self.cond.notify_all();
@@ -270,12 +288,13 @@ impl BufPool {
     }
 }
 
-/// Waits on `cond` until `deadline` (or forever), counted in `waiters`; returns the guard and
-/// whether time ran out.
+/// Waits on `cond` until `deadline` (or forever), counted as waiting for `what`; returns the
+/// guard and whether time ran out.
 fn wait_until<'a>(
     cond: &Condvar,
     mut guard: MutexGuard<'a, StreamState>,
     deadline: Option<Instant>,
+    what: Waiting,
 ) -> (MutexGuard<'a, StreamState>, bool) {
     let timeout = match deadline {
         None => None,
@@ -287,7 +306,10 @@ fn wait_until<'a>(
             Some(d - now)
         }
     };
-    guard.waiters += 1;
+    match what {
+        Waiting::Read => guard.read_waiters += 1,
+        Waiting::Write => guard.write_waiters += 1,
+    }
     let mut guard = match timeout {
         None => cond.wait(guard).unwrap_or_else(|p| p.into_inner()),
         Some(t) => {
@@ -296,7 +318,10 @@ fn wait_until<'a>(
                 .0
         }
     };
-    guard.waiters -= 1;
+    match what {
+        Waiting::Read => guard.read_waiters -= 1,
+        Waiting::Write => guard.write_waiters -= 1,
+    }
     (guard, false)
 }
 
@@ -386,7 +411,7 @@ impl Stream {
             if st.tx_len == 0 {
                 return Ok(());
             }
-            let (g, timed_out) = wait_until(&self.shared.cond, st, deadline);
+            let (g, timed_out) = wait_until(&self.shared.cond, st, deadline, Waiting::Write);
             st = g;
             if timed_out {
                 return Err(SessionError::TimedOut);
@@ -476,7 +501,7 @@ impl Stream {
             }
             // About to wait: make sure the peer is not waiting for credit we owe.
             self.report_consumed(&mut st, true);
-            let (g, timed_out) = wait_until(&self.shared.cond, st, deadline);
+            let (g, timed_out) = wait_until(&self.shared.cond, st, deadline, Waiting::Read);
             st = g;
             if timed_out && st.rx_len == 0 && matches!(st.rx_end, RxEnd::Open) {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out"));
@@ -520,7 +545,7 @@ impl Stream {
                 }
                 return Ok(n);
             }
-            let (g, timed_out) = wait_until(&self.shared.cond, st, deadline);
+            let (g, timed_out) = wait_until(&self.shared.cond, st, deadline, Waiting::Write);
             st = g;
             if timed_out && self.shared.tx_cap.min(st.credit) <= st.tx_len {
                 return Err(io::Error::new(

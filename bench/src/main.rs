@@ -7,13 +7,14 @@
 //! machine spreads over every case rather than landing on one.
 //!
 //! ```text
-//! vmux-bench [throughput|latency|pty|footprint|all] [--size BYTES] [--count N] [--reps N]
+//! vmux-bench [throughput|latency|pty|footprint|vm|all] [--size BYTES] [--count N] [--reps N]
 //! ```
 
 mod cases;
 mod footprint;
 mod measure;
 mod noisy;
+mod vm;
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -30,13 +31,18 @@ benches (default: all):
   footprint    agent binary size and idle RSS, idle client memory, per-stream memory
   noisy        a serial link that flips, drops and inserts bytes: retransmission's cost at
                several fault rates, against a raw copy through the same relay (default 32M)
+  vm           a TCG guest: host->guest and guest->host over virtio-serial and hybrid vsock,
+               vmux exec and cp vs a raw copy through the same device (needs --rawio)
   all          every bench above
 
 options:
-  --size BYTES   bytes moved per throughput case (K/M/G suffixes; default 1G, pty 64M)
+  --size BYTES   bytes moved per throughput case (K/M/G suffixes; default 1G, pty 64M;
+                 vm: 64M, at most 128M, and only when vm runs alone)
   --count N      round trips per latency case (default 100000)
-  --reps N       repetitions of each case (default 5)
+  --reps N       repetitions of each case (default 5, vm 3)
   --agent PATH   static vmux-agent binary for footprint (default: build it)
+  --rawio PATH   static vmux-rawio for vm (`cargo xtask bench vm` builds and passes it)
+  --guest-cpu M  QEMU -cpu model for vm (default: QEMU's, qemu64 under TCG: no SSE4.2)
 ";
 
 /// Parsed command line.
@@ -44,8 +50,17 @@ struct Opts {
     bench: String,
     size: Option<u64>,
     count: usize,
-    reps: usize,
+    reps: Option<usize>,
     agent: Option<String>,
+    rawio: Option<String>,
+    guest_cpu: Option<String>,
+}
+
+impl Opts {
+    /// Repetitions of each case of the host benches.
+    fn reps(&self) -> usize {
+        self.reps.unwrap_or(5)
+    }
 }
 
 fn parse_size(s: &str) -> u64 {
@@ -69,8 +84,10 @@ fn main() {
         bench: "all".into(),
         size: None,
         count: 100_000,
-        reps: 5,
+        reps: None,
         agent: None,
+        rawio: None,
+        guest_cpu: None,
     };
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -78,8 +95,10 @@ fn main() {
         match a.as_str() {
             "--size" => opts.size = Some(parse_size(&val("--size"))),
             "--count" => opts.count = val("--count").parse().expect("--count N"),
-            "--reps" => opts.reps = val("--reps").parse().expect("--reps N"),
+            "--reps" => opts.reps = Some(val("--reps").parse().expect("--reps N")),
             "--agent" => opts.agent = Some(val("--agent")),
+            "--rawio" => opts.rawio = Some(val("--rawio")),
+            "--guest-cpu" => opts.guest_cpu = Some(val("--guest-cpu")),
             "-h" | "--help" | "help" => {
                 print!("{USAGE}");
                 return;
@@ -104,11 +123,30 @@ fn main() {
         ran = true;
     }
     if all || opts.bench == "noisy" {
-        noisy::run(opts.size.unwrap_or(32 << 20), opts.reps.min(3));
+        // The fault-rate rows are slow; `all --size` sizes the other benches.
+        let size = match opts.bench.as_str() {
+            "noisy" => opts.size.unwrap_or(noisy::DEFAULT_SIZE),
+            _ => noisy::DEFAULT_SIZE,
+        };
+        noisy::run(size, opts.reps.unwrap_or(3));
         ran = true;
     }
     if all || opts.bench == "footprint" {
-        footprint::run(opts.agent.as_deref(), opts.reps);
+        footprint::run(opts.agent.as_deref(), opts.reps());
+        ran = true;
+    }
+    if all || opts.bench == "vm" {
+        // `all --size` sizes the host benches; the guest has 512 MiB, so vm keeps its own.
+        let size = match opts.bench.as_str() {
+            "vm" => opts.size.unwrap_or(vm::DEFAULT_SIZE),
+            _ => vm::DEFAULT_SIZE,
+        };
+        vm::run(
+            opts.rawio.as_deref(),
+            size,
+            opts.reps.unwrap_or(3),
+            opts.guest_cpu.as_deref(),
+        );
         ran = true;
     }
     if !ran {
@@ -309,7 +347,7 @@ fn throughput(opts: &Opts) {
     println!(
         "## Throughput over a unix socketpair ({} in 64 KiB writes, {} reps)\n",
         size_label(size),
-        opts.reps
+        opts.reps()
     );
     for (pin, title) in [(0, "unpinned"), (1, "pinned to CPU 0")] {
         let cases: Vec<(String, Vec<String>)> = names
@@ -321,7 +359,7 @@ fn throughput(opts: &Opts) {
                 )
             })
             .collect();
-        let samples = run_interleaved(&cases, opts.reps);
+        let samples = run_interleaved(&cases, opts.reps());
         let labels: Vec<&str> = names.iter().map(|(l, _)| *l).collect();
         throughput_table(title, &labels, &samples);
     }
@@ -330,7 +368,7 @@ fn throughput(opts: &Opts) {
 fn latency(opts: &Opts) {
     println!(
         "## Latency: 64-byte ping-pong over a unix socketpair, pinned to CPU 0 ({} round trips, {} reps)\n",
-        opts.count, opts.reps
+        opts.count, opts.reps()
     );
     let names = [
         ("raw", "lat-raw"),
@@ -341,7 +379,7 @@ fn latency(opts: &Opts) {
         .iter()
         .map(|(l, c)| (l.to_string(), vec![c.to_string(), opts.count.to_string()]))
         .collect();
-    let samples = run_interleaved(&cases, opts.reps);
+    let samples = run_interleaved(&cases, opts.reps());
     println!("| case | p50 µs median | p50 min–max | p50 ratio vs raw | p99 µs median | p99 min–max | p99 ratio vs raw |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     let b50 = measure::summary(&field(&samples[0], "p50")).0;
@@ -361,7 +399,7 @@ fn pty(opts: &Opts) {
     println!(
         "## pty: raw pty pair (cfmakeraw) vs vmux over the same kind of pair ({} in 64 KiB writes, {} reps)\n",
         size_label(size),
-        opts.reps
+        opts.reps()
     );
     let names = [
         ("raw pty", "pty-raw"),
@@ -381,7 +419,7 @@ fn pty(opts: &Opts) {
                 )
             })
             .collect();
-        let samples = run_interleaved(&cases, opts.reps);
+        let samples = run_interleaved(&cases, opts.reps());
         let labels: Vec<&str> = names.iter().map(|(l, _)| *l).collect();
         throughput_table(title, &labels, &samples);
     }

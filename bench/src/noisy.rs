@@ -18,6 +18,9 @@ use vmux::mux::Config;
 use vmux::transport::{Link, LinkKind};
 use vmux::wire::Role;
 
+/// Bytes moved per case unless `--size` says otherwise.
+pub const DEFAULT_SIZE: u64 = 32 << 20;
+
 /// One row: label, bytes per fault (0: clean), retransmission on.
 const ROWS: [(&str, u64, bool); 6] = [
     ("vmux serial, retransmission off, clean", 0, false),

@@ -209,6 +209,7 @@ pub struct VmBuilder {
     kernel_args: Vec<String>,
     quiet: bool,
     memory_mib: u32,
+    cpu: Option<String>,
 }
 
 impl VmBuilder {
@@ -225,6 +226,7 @@ impl VmBuilder {
             kernel_args: Vec::new(),
             quiet: false,
             memory_mib: 256,
+            cpu: None,
         }
     }
 
@@ -273,6 +275,13 @@ impl VmBuilder {
     /// Sets the guest memory in MiB (also the size of the shared memfd backend).
     pub fn memory_mib(mut self, mib: u32) -> Self {
         self.memory_mib = mib;
+        self
+    }
+
+    /// Sets QEMU's `-cpu` model (default: QEMU's own, `qemu64` under TCG, which lacks SSE4.2
+    /// and so the CRC32C instruction; `max` emulates every feature TCG can).
+    pub fn cpu(mut self, model: impl Into<String>) -> Self {
+        self.cpu = Some(model.into());
         self
     }
 
@@ -341,6 +350,9 @@ impl VmBuilder {
         .arg(self.cmdline())
         .arg("-serial")
         .arg(format!("file:{}", vm.console.display()));
+        if let Some(cpu) = &self.cpu {
+            qemu.args(["-cpu", cpu]);
+        }
         if self.isa_serial {
             let sock = vm.dir.join("ttyS1.sock");
             qemu.arg("-serial")

@@ -453,6 +453,26 @@ fn static_binaries(root: &Path, dir: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((agent, shim))
 }
 
+/// Builds the static binary `bin` of workspace package `package` the way the agent is built
+/// (same target folder `build/`, so the two share their compiled dependencies) and returns its
+/// path: a guest tool that a test or bench copies into a running guest.
+pub fn static_tool(root: &Path, package: &str, bin: &str) -> Result<PathBuf> {
+    let target_dir = root.join("target/vm-assets/build");
+    println!("vm-assets: building static {bin} (cargo skips this if nothing changed)");
+    util::run(
+        util::cargo()
+            .current_dir(root)
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .args(["build", "--release", "--quiet", "--target", TARGET])
+            .args(["-p", package, "--bin", bin]),
+    )?;
+    let path = target_dir.join(TARGET).join("release").join(bin);
+    check_static(&path)?;
+    Ok(path)
+}
+
 /// Fails unless `path` is an ELF executable without a program interpreter.
 fn check_static(path: &Path) -> Result<()> {
     let bytes = fs::read(path).context(|| format!("reading {}", path.display()))?;

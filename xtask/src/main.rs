@@ -36,7 +36,8 @@ commands:
                            run the cargo-fuzz targets in fuzz/ for N s each (default 60),
                            installing cargo-fuzz into target/tools/ if needed
   bench [NAME] [OPTIONS]   `cargo run --release -p vmux-bench -- NAME OPTIONS`: throughput,
-                           latency, pty, footprint or all (see BENCHMARKS.md)
+                           latency, pty, footprint, vm or all (see BENCHMARKS.md); vm and
+                           all first run vm-assets and build the guest tool vmux-rawio
   help, --help, -h         show this text
 ";
 
@@ -98,12 +99,21 @@ fn vm_assets(args: &[String]) -> Result<()> {
     assets::vm_assets(&workspace_root(), &opts).map(drop)
 }
 
-/// `cargo xtask bench [NAME] [OPTIONS]`: the benchmarks of the `vmux-bench` crate.
+/// `cargo xtask bench [NAME] [OPTIONS]`: the benchmarks of the `vmux-bench` crate. For `vm`
+/// (and `all`) it first prepares the VM assets and the static guest tool `vmux-rawio`.
 fn bench(args: &[String]) -> Result<ExitCode> {
+    let mut args = args.to_vec();
+    if matches!(bench_name(&args), "vm" | "all") && !args.iter().any(|a| a == "--rawio") {
+        let root = workspace_root();
+        assets::vm_assets(&root, &assets::Options::default())?;
+        let rawio = assets::static_tool(&root, "vmux-vmtest", "vmux-rawio")?;
+        args.push("--rawio".into());
+        args.push(rawio.display().to_string());
+    }
     let mut cmd = util::cargo();
     cmd.current_dir(workspace_root())
         .args(["run", "--release", "-p", "vmux-bench", "--"])
-        .args(args);
+        .args(&args);
     let status = cmd
         .status()
         .map_err(|e| format!("could not start cargo run: {e}"))?;
@@ -112,6 +122,22 @@ fn bench(args: &[String]) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The bench a `bench` command line names (its first word that is neither an option nor an
+/// option's value); `all` when it names none.
+fn bench_name(args: &[String]) -> &str {
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--size" | "--count" | "--reps" | "--agent" | "--rawio" | "--guest-cpu" => {
+                it.next();
+            }
+            a if a.starts_with('-') => {}
+            name => return name,
+        }
+    }
+    "all"
 }
 
 /// `cargo xtask test [ARGS...]`: assets, then the whole workspace's tests with VM tests required.
@@ -154,4 +180,23 @@ fn test(args: &[String]) -> Result<ExitCode> {
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bench_name;
+
+    fn name(args: &[&str]) -> String {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        bench_name(&args).to_string()
+    }
+
+    #[test]
+    fn bench_name_skips_options_and_their_values() {
+        assert_eq!(name(&[]), "all");
+        assert_eq!(name(&["vm"]), "vm");
+        assert_eq!(name(&["--reps", "3", "vm"]), "vm");
+        assert_eq!(name(&["--size", "64M", "--guest-cpu", "max"]), "all");
+        assert_eq!(name(&["latency", "--count", "10"]), "latency");
+    }
 }
