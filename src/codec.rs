@@ -295,10 +295,23 @@ fn header_crc_ok(view: &FrameHeader<&[u8]>) -> bool {
     view.is_intact()
 }
 
-/// Fuzz builds accept any header CRC so that the fuzzer can reach the parsers behind it.
+/// Fuzz builds only: check CRCs after all. Targets that damage a link on purpose (to test
+/// retransmission) set it; the others leave it off, so the fuzzer reaches the parsers behind the
+/// CRCs.
 #[cfg(fuzzing)]
-fn header_crc_ok(_view: &FrameHeader<&[u8]>) -> bool {
-    true
+pub static FUZZ_CHECK_CRCS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+#[cfg(fuzzing)]
+fn fuzz_checks_crcs() -> bool {
+    FUZZ_CHECK_CRCS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Fuzz builds accept any header CRC (unless [`FUZZ_CHECK_CRCS`]) so that the fuzzer can reach
+/// the parsers behind it.
+#[cfg(fuzzing)]
+fn header_crc_ok(view: &FrameHeader<&[u8]>) -> bool {
+    !fuzz_checks_crcs() || view.is_intact()
 }
 
 #[cfg(not(fuzzing))]
@@ -307,8 +320,8 @@ fn payload_crc_ok(payload: &[u8], trailer: &[u8]) -> bool {
 }
 
 #[cfg(fuzzing)]
-fn payload_crc_ok(_payload: &[u8], _trailer: &[u8]) -> bool {
-    true
+fn payload_crc_ok(payload: &[u8], trailer: &[u8]) -> bool {
+    !fuzz_checks_crcs() || trailer == wire::crc32c(payload).to_le_bytes()
 }
 
 #[cfg(test)]
