@@ -526,6 +526,9 @@ struct SessionEntry {
     pending_opens: HashMap<StreamId, (Arc<StreamShared>, OpenReply)>,
     pings: VecDeque<Sender<Result<Duration, SessionError>>>,
     readable: bool,
+    /// An event reported the peer's write half closed (or an error): the EOF is already queued
+    /// behind the data and no further edge will announce it, so reads go on until it is seen.
+    read_closed_seen: bool,
     writable: bool,
     /// Whether WRITABLE interest is registered.
     write_interest: bool,
@@ -613,6 +616,9 @@ impl Core {
                                 if event.is_readable() || event.is_read_closed() || event.is_error()
                                 {
                                     s.readable = true;
+                                }
+                                if event.is_read_closed() || event.is_error() {
+                                    s.read_closed_seen = true;
                                 }
                                 if event.is_writable() || event.is_write_closed() {
                                     s.writable = true;
@@ -961,6 +967,7 @@ impl Core {
             pending_opens: HashMap::new(),
             pings: VecDeque::new(),
             readable: true,
+            read_closed_seen: false,
             writable: true,
             write_interest: true,
             port,
@@ -1554,7 +1561,10 @@ impl SessionEntry {
     /// On a socket, a read that returns less than asked for means that the socket was empty at
     /// that moment: the next arrival raises a new edge-triggered event, so the loop stops there
     /// instead of spending a system call on the `WouldBlock` (one per message at low rates).
-    /// Ports and ttys are read until `WouldBlock`.
+    /// The exception is a peer that has already shut its write half when the event was
+    /// collected: the data and the EOF then share one edge, and stopping after the data would
+    /// never see the EOF (a session that never ends), so once an event reported read-closed
+    /// the loop reads on until EOF or `WouldBlock`. Ports and ttys are read until `WouldBlock`.
     fn read_link(&mut self, buf: &mut [u8], now: crate::time::Instant) -> bool {
         let socket = matches!(
             self.link.kind(),
@@ -1575,7 +1585,7 @@ impl SessionEntry {
                         self.readable = true;
                         return true;
                     }
-                    if socket && n < buf.len() {
+                    if socket && n < buf.len() && !self.read_closed_seen {
                         self.readable = false;
                         return true;
                     }

@@ -19,6 +19,8 @@ use vmux::transport::Address;
 pub const ADDR_ENV: &str = "VMUX_ADDR";
 /// How long connecting (dial plus HELLO) may take unless `--timeout` says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `serve --max-client-streams`: a quarter of the guest's 1024 streams.
+pub const DEFAULT_MAX_CLIENT_STREAMS: u32 = 256;
 /// How many pings `ping` sends unless `-n` says otherwise.
 pub const DEFAULT_PING_COUNT: u32 = 10;
 
@@ -69,7 +71,11 @@ pub enum Command {
     /// Forward local connections to an address reachable from the guest.
     Forward { listen: LocalListen, target: String },
     /// Share one guest link with many local clients.
-    Serve { listen: Address },
+    Serve {
+        listen: Address,
+        /// Most concurrent streams one client may hold, so no client can take every guest slot.
+        max_client_streams: u32,
+    },
     /// Power the guest off (or reboot it).
     Shutdown { reboot: bool },
     /// Check the host's setup; optionally one address.
@@ -642,6 +648,7 @@ fn parse_forward(p: &mut lexopt::Parser, g: &mut GlobalBuilder) -> Result<Comman
 fn parse_serve(p: &mut lexopt::Parser, g: &mut GlobalBuilder) -> Result<Command, UsageError> {
     const CMD: Option<&str> = Some("serve");
     let mut listen = None;
+    let mut max_client_streams = DEFAULT_MAX_CLIENT_STREAMS;
     let r = simple(
         p,
         g,
@@ -650,6 +657,20 @@ fn parse_serve(p: &mut lexopt::Parser, g: &mut GlobalBuilder) -> Result<Command,
         |flag, p| match flag {
             "-l" | "--listen" => {
                 listen = Some(value(p, CMD)?);
+                Ok(true)
+            }
+            "--max-client-streams" => {
+                let v = value(p, CMD)?;
+                max_client_streams = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1024).contains(n))
+                    .ok_or_else(|| {
+                        usage(
+                            format!("--max-client-streams: '{v}' is not a number from 1 to 1024"),
+                            CMD,
+                        )
+                    })?;
                 Ok(true)
             }
             _ => Ok(false),
@@ -661,7 +682,10 @@ fn parse_serve(p: &mut lexopt::Parser, g: &mut GlobalBuilder) -> Result<Command,
     }
     let listen = listen.ok_or_else(|| usage("serve needs --listen unix://PATH", CMD))?;
     match listen.parse::<Address>() {
-        Ok(addr @ Address::Unix { .. }) => Ok(Command::Serve { listen: addr }),
+        Ok(addr @ Address::Unix { .. }) => Ok(Command::Serve {
+            listen: addr,
+            max_client_streams,
+        }),
         Ok(other) => Err(usage(
             format!("serve listens on unix://PATH only, not {other}"),
             CMD,
@@ -849,7 +873,7 @@ Runs until interrupted or until the guest link is lost.
 
 /// `vmux-shim serve --help`.
 pub const HELP_SERVE: &str = "\
-Usage: vmux-shim [-c ADDR] serve --listen unix://PATH
+Usage: vmux-shim [-c ADDR] serve --listen unix://PATH [--max-client-streams N]
 
 Holds the one link to the guest (useful when it is a serial line, which only one process can
 use) and lets local clients share it: each client connects to unix://PATH (created 0600) as
@@ -857,6 +881,9 @@ if it were the guest, e.g. 'vmux-shim -c unix://PATH exec ...'. When the guest l
 serve redials with backoff and refuses new streams meanwhile.
 
   -l, --listen unix://PATH   where local clients connect
+  --max-client-streams N     most concurrent streams one client may hold (default 256, at most
+                             1024, the guest's limit): one client cannot take every guest slot;
+                             past it the client's OPEN gets OPEN_ERR(STREAM_LIMIT)
 ";
 
 /// `vmux-shim shutdown --help`.
@@ -971,6 +998,7 @@ mod tests {
                 vec!["serve", "--listen", "unix:///tmp/s.sock"],
                 Command::Serve {
                     listen: "unix:///tmp/s.sock".parse().unwrap(),
+                    max_client_streams: DEFAULT_MAX_CLIENT_STREAMS,
                 },
             ),
             (vec!["shutdown"], Command::Shutdown { reboot: false }),

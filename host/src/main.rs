@@ -60,7 +60,10 @@ fn dispatch(cli: &Cli) -> Result<u8, Failure> {
         Command::Attach(args) => exec::attach(g, args, take_signals()?),
         Command::Ps => exec::ps(g),
         Command::Forward { listen, target } => forward::run(g, listen, target, take_signals()?),
-        Command::Serve { listen } => serve::run(g, listen, take_signals()?).map(|()| 0),
+        Command::Serve {
+            listen,
+            max_client_streams,
+        } => serve::run(g, listen, *max_client_streams, take_signals()?).map(|()| 0),
         Command::Doctor { addr } => Ok(if doctor::run(Path::new("/"), addr.as_ref(), g.timeout) {
             0
         } else {

@@ -137,7 +137,12 @@ fn release_held(
 }
 
 /// Runs `serve` until a signal ends it.
-pub fn run(global: &Global, listen: &Address, signals: Receiver<Signal>) -> Result<(), Failure> {
+pub fn run(
+    global: &Global,
+    listen: &Address,
+    max_client_streams: u32,
+    signals: Receiver<Signal>,
+) -> Result<(), Failure> {
     let addr = connect::address(global)?.clone();
     let plan = connect::plan(&addr, global.serial);
     let reactor = vmux::reactor::Reactor::spawn().map_err(Failure::new)?;
@@ -147,7 +152,13 @@ pub fn run(global: &Global, listen: &Address, signals: Receiver<Signal>) -> Resu
         .handle()
         .add_listener(
             Box::new(listener),
-            Box::new(|_| Config::new(Role::Server, random_nonce())),
+            Box::new(move |_| {
+                // Each client's own limit, below the guest's: one client cannot hold every
+                // guest slot and lock the others out.
+                let mut c = Config::new(Role::Server, random_nonce());
+                c.max_streams = max_client_streams;
+                c
+            }),
             sessions_tx,
         )
         .map_err(Failure::new)?;

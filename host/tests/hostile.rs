@@ -1002,6 +1002,23 @@ fn serve_refuses_a_client_open_past_its_stream_limit() {
 }
 
 #[test]
+fn one_serve_client_at_its_stream_limit_does_not_lock_the_others_out() {
+    let mut serve = Serve::start("serve-quota");
+    serve.proxy_next();
+    let mut p = serve.hostile_client();
+    let (_, max_streams) = p.victim_limits();
+    assert_eq!(max_streams, 256, "serve's default per-client stream limit");
+    let burst = open_burst(&p, 1, max_streams, "info");
+    p.send_raw(&burst);
+    for i in 0..max_streams {
+        p.expect_open_ok(2 * i + 1);
+    }
+    // It holds its whole quota (a quarter of the guest's slots): others are still served.
+    serve.still_serves("while another client holds its full stream quota");
+    p.assert_alive(1);
+}
+
+#[test]
 fn serve_keeps_its_guest_link_when_clients_hang_up_with_forwards_in_flight() {
     let mut serve = Serve::start("serve-hangup");
     serve.proxy_next();
