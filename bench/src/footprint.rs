@@ -133,6 +133,9 @@ pub fn run(agent: Option<&str>, reps: usize) {
 
     // The static agent: size, and idle memory with one client session connected.
     let agent = agent_binary(agent);
+    // A binary written moments ago (by the builds above) sits in the page cache as dirty pages,
+    // which smaps counts as Private_Dirty of every process mapping it: flush them first.
+    let _ = Command::new("sync").status();
     println!("| what | value |\n|---|---:|");
     match &agent {
         Some(bin) => {
@@ -191,6 +194,10 @@ pub fn run(agent: Option<&str>, reps: usize) {
         ),
         ("vmux-idle client, 0 streams".into(), vec![]),
         ("vmux-idle client, 1000 idle streams".into(), vec![]),
+        (
+            "baseline: the same binary, no vmux (`vmux-idle bare`: a connected unix socket, one thread parked in read)".into(),
+            vec![],
+        ),
     ];
     for rep in 0..reps {
         let sock = dir.join(format!("idle-{rep}.sock"));
@@ -212,6 +219,14 @@ pub fn run(agent: Option<&str>, reps: usize) {
             }
             stop(client);
         }
+        let (bare, _bout) = {
+            let mut cmd = Command::new(&idle);
+            cmd.arg("bare").arg(&sock);
+            start_ready(cmd)
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        rows[3].1.push(mem_of(bare.id()));
+        stop(bare);
         stop(server);
         let _ = std::fs::remove_file(&sock);
     }
@@ -239,6 +254,16 @@ pub fn run(agent: Option<&str>, reps: usize) {
         .zip(&rows[1].1)
         .map(|(a, b)| (a.0 - b.0) * 1024.0 / 1000.0)
         .collect();
+    let added: Vec<f64> = rows[1]
+        .1
+        .iter()
+        .zip(&rows[3].1)
+        .map(|(v, b)| v.1 - b.1)
+        .collect();
+    let (a, al, ah) = summary(&added);
+    println!(
+        "\nWhat vmux adds to an idle client (0 streams minus the baseline, same rep): Private_Dirty {a:.0} KiB median ({al:.0}–{ah:.0})."
+    );
     let (p, pl, ph) = summary(&per);
     let (q, _, _) = summary(&per_rss);
     println!(

@@ -111,6 +111,9 @@ fn config_fn(serial: bool, boot_id: [u8; 16]) -> ConfigFn {
         let nonce = vmux::reactor::random_nonce();
         let mut config = match (serial, link.kind()) {
             (true, vmux::transport::LinkKind::Tty) => Config::uart(Role::Server, nonce),
+            (true, vmux::transport::LinkKind::VirtioSerial) => {
+                Config::virtio_serial(Role::Server, nonce)
+            }
             (true, _) => Config::serial(Role::Server, nonce),
             (false, _) => Config::new(Role::Server, nonce),
         };

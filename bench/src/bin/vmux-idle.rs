@@ -5,7 +5,13 @@
 //! vmux-idle serve PATH       listen on the unix socket PATH; accept every stream and hold it
 //! vmux-idle client PATH N    connect to PATH, open N streams, print "ready", hold them until
 //!                            stdin closes
+//! vmux-idle bare PATH        the baseline: connect to PATH with a plain unix socket, park one
+//!                            thread in a read on it (as the reactor's thread would wait), print
+//!                            "ready", wait for stdin to close; no vmux at all
 //! ```
+//!
+//! `bare` runs the same binary, so its text, relocations and libc state are the same as the vmux
+//! cases': the difference is what vmux's own state costs.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -19,8 +25,9 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("serve") => serve(PathBuf::from(&args[1])),
         Some("client") => client(PathBuf::from(&args[1]), args[2].parse().expect("N")),
+        Some("bare") => bare(PathBuf::from(&args[1])),
         _ => {
-            eprintln!("usage: vmux-idle serve PATH | vmux-idle client PATH N");
+            eprintln!("usage: vmux-idle serve PATH | vmux-idle client PATH N | vmux-idle bare PATH");
             std::process::exit(2);
         }
     }
@@ -64,4 +71,16 @@ fn client(path: PathBuf, n: usize) {
     let mut sink = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut sink);
     drop(streams);
+}
+
+fn bare(path: PathBuf) {
+    let mut sock = std::os::unix::net::UnixStream::connect(&path).expect("connect");
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while matches!(sock.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    println!("ready");
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+    drop(reader);
 }
