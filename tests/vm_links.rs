@@ -354,6 +354,25 @@ fn every_link_serves_the_real_shim_and_shutdown_powers_off() {
         .expect("copy busybox into the guest");
 
     full_link_checks(&assets, &vm, &virtio, "virtio-serial");
+    // The agent offers retransmission on virtio-serial: a host that asks for a serial line
+    // (`--serial`) runs with payload CRCs, sequence numbers and ACKs over the same port.
+    let data = pattern(4 << 20, 3);
+    let out = shim(
+        &assets,
+        &["--serial", "-c", &virtio, "exec", "--", "cat"],
+        Some(&data),
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "cat over virtio-serial with --serial: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout == data,
+        "4 MiB through cat with --serial came back different ({} bytes)",
+        out.stdout.len()
+    );
     reconnect_checks(&assets, &virtio);
     full_link_checks(&assets, &vm, &hvsock, "vsock");
     reconnect_checks(&assets, &hvsock);

@@ -27,7 +27,9 @@ fn main() {
         Some("client") => client(PathBuf::from(&args[1]), args[2].parse().expect("N")),
         Some("bare") => bare(PathBuf::from(&args[1])),
         _ => {
-            eprintln!("usage: vmux-idle serve PATH | vmux-idle client PATH N | vmux-idle bare PATH");
+            eprintln!(
+                "usage: vmux-idle serve PATH | vmux-idle client PATH N | vmux-idle bare PATH"
+            );
             std::process::exit(2);
         }
     }
