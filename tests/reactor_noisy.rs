@@ -37,7 +37,7 @@ fn streams_over_a_noisy_link_arrive_exactly_once() {
     eprintln!(
         "{faults} faults injected over {} runs, {} MiB verified",
         RUNS.len(),
-        RUNS.len() as u64 * 2 * STREAMS * LEN as u64 >> 20
+        (RUNS.len() as u64 * 2 * STREAMS * LEN as u64) >> 20
     );
 }
 
