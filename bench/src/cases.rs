@@ -96,6 +96,34 @@ pub fn raw_throughput(
     elapsed
 }
 
+/// `pairs` socketpairs, each with its own writer and reader thread moving `size / pairs` bytes:
+/// the thread layout of the 64-stream multiplexer cases without a multiplexer, so their peak RSS
+/// and throughput can be read against what 128 blocking threads cost by themselves.
+pub fn raw_parallel_throughput(pairs: usize, size: u64, read_buf: usize) -> Duration {
+    let per = size / pairs as u64;
+    let go = Arc::new(Barrier::new(pairs + 1));
+    let mut readers = Vec::with_capacity(pairs);
+    let mut writers = Vec::with_capacity(pairs);
+    for _ in 0..pairs {
+        let (a, b) = socketpair();
+        readers.push(spawn(move || read_all(b, read_buf)));
+        let go = go.clone();
+        writers.push(spawn(move || {
+            go.wait();
+            write_n(a, per);
+        }));
+    }
+    go.wait();
+    let start = Instant::now();
+    for w in writers {
+        w.join().expect("writer");
+    }
+    let got: u64 = readers.into_iter().map(|r| r.join().expect("reader")).sum();
+    let elapsed = start.elapsed();
+    assert_eq!(got, per * pairs as u64, "raw parallel: short read");
+    elapsed
+}
+
 /// A unix socketpair, both ends blocking.
 pub fn socketpair() -> (UnixStream, UnixStream) {
     UnixStream::pair().expect("socketpair")

@@ -273,15 +273,22 @@ pub fn run(agent: Option<&str>, reps: usize) {
 
     // Peak RSS with 64 streams each moving 16 MiB: the 64-stream throughput case.
     println!("### Peak RSS while 64 streams each move 16 MiB (1 GiB total, both sides in one process, {reps} reps)\n");
-    let cases: Vec<(String, Vec<String>)> = [("vmux", "tput-vmux-64"), ("yamux", "tput-yamux-64")]
-        .iter()
-        .map(|(l, c)| {
-            (
-                l.to_string(),
-                vec![c.to_string(), (1u64 << 30).to_string(), "0".into()],
-            )
-        })
-        .collect();
+    let cases: Vec<(String, Vec<String>)> = [
+        (
+            "raw, 64 socketpairs, same 128 threads (reference)",
+            "tput-raw-64",
+        ),
+        ("vmux", "tput-vmux-64"),
+        ("yamux", "tput-yamux-64"),
+    ]
+    .iter()
+    .map(|(l, c)| {
+        (
+            l.to_string(),
+            vec![c.to_string(), (1u64 << 30).to_string(), "0".into()],
+        )
+    })
+    .collect();
     let samples = crate::run_interleaved(&cases, reps);
     println!(
         "| case | peak RSS (VmHWM) MiB median (min–max) | growth over process start MiB median |"

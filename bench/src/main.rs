@@ -211,6 +211,7 @@ fn run_case(args: &[String]) {
                 let (a, b) = cases::socketpair();
                 cases::raw_throughput(a, b, size, cases::CHUNK)
             }
+            "tput-raw-64" => cases::raw_parallel_throughput(64, size, 16 << 10),
             "tput-vmux-1" => {
                 cases::vmux_throughput(cases::VmuxPair::socketpair(), 1, size, cases::CHUNK)
             }
@@ -339,6 +340,7 @@ fn throughput(opts: &Opts) {
     let size = opts.size.unwrap_or(1 << 30);
     let names = [
         ("raw copy", "tput-raw"),
+        ("raw, 64 socketpairs (reference)", "tput-raw-64"),
         ("vmux, 1 stream", "tput-vmux-1"),
         ("vmux, 64 streams", "tput-vmux-64"),
         ("yamux, 1 stream", "tput-yamux-1"),
