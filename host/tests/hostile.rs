@@ -990,9 +990,7 @@ fn serve_refuses_a_client_open_past_its_stream_limit() {
     p.assert_alive(1);
     // Every stream is answered by the agent through serve, so each is spliced and none waits
     // for the guest's answer any more.
-    for i in 0..max_streams {
-        p.expect_open_ok(2 * i + 1);
-    }
+    p.expect_open_oks((0..max_streams).map(|i| 2 * i + 1));
     serve
         .victim
         .check_memory(&format!("{max_streams} open client streams"));
@@ -1010,9 +1008,7 @@ fn one_serve_client_at_its_stream_limit_does_not_lock_the_others_out() {
     assert_eq!(max_streams, 256, "serve's default per-client stream limit");
     let burst = open_burst(&p, 1, max_streams, "info");
     p.send_raw(&burst);
-    for i in 0..max_streams {
-        p.expect_open_ok(2 * i + 1);
-    }
+    p.expect_open_oks((0..max_streams).map(|i| 2 * i + 1));
     // It holds its whole quota (a quarter of the guest's slots): others are still served.
     serve.still_serves("while another client holds its full stream quota");
     p.assert_alive(1);

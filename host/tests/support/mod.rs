@@ -16,7 +16,7 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -111,6 +111,8 @@ pub struct Peer {
     /// The victim's HELLO, once seen.
     pub victim_hello: Option<Hello>,
     inbox: VecDeque<Frame>,
+    /// OPEN_OK and OPEN_ERR frames [`Peer::expect`] skipped, for [`Peer::expect_open_oks`].
+    skipped_answers: Vec<Frame>,
     eof: bool,
     /// The last frames read, for failure messages.
     seen: VecDeque<String>,
@@ -137,6 +139,7 @@ impl Peer {
             wants_crc: false,
             victim_hello: None,
             inbox: VecDeque::new(),
+            skipped_answers: Vec::new(),
             eof: false,
             seen: VecDeque::new(),
             buf: vec![0; 256 << 10],
@@ -367,17 +370,72 @@ impl Peer {
 
     /// Reads frames until one matches `pred`, skipping the others (CREDIT, CLOSE, HELLO
     /// retries, answers to earlier requests). Panics at EOF, on a GOAWAY that does not match,
-    /// or after [`READ_LIMIT`] of silence, naming `what`.
+    /// after [`READ_LIMIT`] of silence, or after twice that in all (a victim's keepalive PINGs
+    /// are not silence), naming `what`.
     pub fn expect(&mut self, what: &str, pred: impl Fn(&Frame) -> bool) -> Frame {
+        let deadline = Instant::now() + 2 * READ_LIMIT;
         loop {
+            assert!(
+                Instant::now() < deadline,
+                "expected {what} for {:?}; last frames: {:?}",
+                2 * READ_LIMIT,
+                self.seen
+            );
             match self.next_frame() {
                 Some(f) if pred(&f) => return f,
                 Some(f) if f.kind == Kind::GoAway => {
                     panic!("expected {what}, the victim ended the session with {f}")
                 }
+                Some(f) if matches!(f.kind, Kind::OpenOk | Kind::OpenErr) => {
+                    self.skipped_answers.push(f)
+                }
                 Some(_) => {}
                 None => panic!(
                     "expected {what}, the victim closed the link; last frames: {:?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// Expects OPEN_OK on every stream in `ids`, in any order: answers to OPENs may come out of
+    /// order (serve forwards each OPEN to the guest and relays each answer as it arrives).
+    /// Panics on OPEN_ERR for one of them, at EOF, on GOAWAY, or when they have not all come
+    /// within twice [`READ_LIMIT`].
+    pub fn expect_open_oks(&mut self, ids: impl IntoIterator<Item = u32>) {
+        let mut missing: BTreeSet<u32> = ids.into_iter().collect();
+        for f in std::mem::take(&mut self.skipped_answers) {
+            if missing.contains(&f.stream) {
+                assert_eq!(f.kind, Kind::OpenOk, "stream {} was refused: {f}", f.stream);
+                missing.remove(&f.stream);
+            }
+        }
+        let deadline = Instant::now() + 2 * READ_LIMIT;
+        while let Some(&first) = missing.first() {
+            assert!(
+                Instant::now() < deadline,
+                "OPEN_OK still missing on {} streams (the first: {first}) after {:?}; last frames: {:?}",
+                missing.len(),
+                2 * READ_LIMIT,
+                self.seen
+            );
+            match self.next_frame() {
+                Some(f) if missing.contains(&f.stream) && f.kind == Kind::OpenOk => {
+                    missing.remove(&f.stream);
+                }
+                Some(f) if missing.contains(&f.stream) && f.kind == Kind::OpenErr => {
+                    panic!("stream {} was refused: {f}", f.stream)
+                }
+                Some(f) if f.kind == Kind::GoAway => {
+                    panic!(
+                        "expected OPEN_OK on {} streams, the victim ended the session with {f}",
+                        missing.len()
+                    )
+                }
+                Some(_) => {}
+                None => panic!(
+                    "expected OPEN_OK on {} streams, the victim closed the link; last frames: {:?}",
+                    missing.len(),
                     self.seen
                 ),
             }
