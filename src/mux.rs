@@ -115,7 +115,7 @@ impl Config {
             role,
             max_frame: 64 << 10,
             max_streams: 1024,
-            stream_window: 256 << 10,
+            stream_window: 512 << 10,
             min_window: 16 << 10,
             max_buffered: 1 << 20,
             chunk: 64 << 10,
@@ -169,6 +169,7 @@ impl Config {
             payload_crc: true,
             reliable: true,
             chunk: 4 << 10,
+            stream_window: 256 << 10,
             output_high_water: 32 << 10,
             ..Config::new(role, nonce)
         }

@@ -48,10 +48,15 @@ const PUMP_CHUNK: usize = 64 << 10;
 /// may queue for a link the peer does not read (a hostile peer grants up to 4 GiB and never
 /// reads). They resume when the link takes bytes.
 const TX_QUEUE_CAP: usize = 4 * PUMP_CHUNK;
-/// Bytes a stream handle may queue for writing before the writer blocks.
-const HANDLE_TX_CAP: usize = 256 << 10;
-/// A reader reports consumption to the reactor every this many bytes (and before it waits).
-const HANDLE_REPORT_EVERY: usize = 64 << 10;
+/// Bytes a stream handle may queue for writing before the writer blocks (the peer's credit
+/// bounds it too): as much as the default 512 KiB stream window, so a writer is woken once per
+/// credit update, not once per write.
+const HANDLE_TX_CAP: usize = 512 << 10;
+/// A reader reports consumption to the reactor every this many bytes (and before it waits): a
+/// quarter of the default stream window, so the writer's credit is topped up before it runs dry.
+/// With 64 KiB reports and 256 KiB windows a 1-stream transfer cost 25 k context switches per
+/// 512 MiB; with these, 17 k.
+const HANDLE_REPORT_EVERY: usize = 128 << 10;
 /// Most bytes a channel stream may queue for sending before it is reset with OVERLOAD.
 const CHANNEL_TX_CAP: usize = 1 << 20;
 
