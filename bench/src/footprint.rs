@@ -125,6 +125,111 @@ fn wait_for_path(path: &Path, child: &mut Child, limit: Duration) -> bool {
     false
 }
 
+/// `vmux-shim` and its `serve_idle_memory` example, release builds, built if needed.
+fn shim_binaries() -> Option<(PathBuf, PathBuf)> {
+    let ok = Command::new("cargo")
+        .current_dir(root())
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "vmux-shim",
+            "--bins",
+            "--examples",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    let release = root().join("target/release");
+    let shim = release.join("vmux-shim");
+    let example = release.join("examples/serve_idle_memory");
+    (ok && shim.exists() && example.exists()).then_some((shim, example))
+}
+
+/// The real shim, connected to the agent listening on `agent_sock` and idle: `vmux-shim forward`
+/// holds its session with no stream open until a local connection arrives.
+fn idle_shim(agent_sock: &Path, dir: &Path) {
+    let Some((shim, _)) = shim_binaries() else {
+        println!("| vmux-shim idle | not measured: the release build of vmux-shim failed |");
+        return;
+    };
+    let _ = Command::new("sync").status();
+    let listen = dir.join("forward.sock");
+    let mut child = Command::new(&shim)
+        .arg("-c")
+        .arg(format!("unix://{}", agent_sock.display()))
+        .arg("forward")
+        .arg(format!("unix://{}", listen.display()))
+        .arg("tcp://127.0.0.1:9")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn vmux-shim forward");
+    // The shim binds its local socket after its session is up.
+    if wait_for_path(&listen, &mut child, Duration::from_secs(10)) {
+        std::thread::sleep(Duration::from_millis(500));
+        let (rss, dirty, pss) = mem_of(child.id());
+        println!("| vmux-shim (release, dynamic) connected and idle (`forward`, no connection): VmRSS | {rss:.0} KiB |");
+        println!("| vmux-shim connected and idle: Private_Dirty | {dirty:.0} KiB |");
+        println!("| vmux-shim connected and idle: Pss | {pss:.0} KiB |");
+    } else {
+        println!(
+            "| vmux-shim idle | not measured: `vmux-shim forward` did not start within 10 s |"
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// `vmux-shim serve` with no client and with 1000 idle streams through it, from the shim's
+/// `serve_idle_memory` example (a stand-in guest in the example's process).
+fn serve_idle() {
+    let Some((_, example)) = shim_binaries() else {
+        println!("| vmux-shim serve | not measured: the release build of vmux-shim failed |");
+        return;
+    };
+    let _ = Command::new("sync").status();
+    let Ok(out) = Command::new(&example).arg("1000").output() else {
+        println!(
+            "| vmux-shim serve | not measured: {} did not run |",
+            example.display()
+        );
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Lines: "  no client:  Rss N kB   Private_Dirty N kB", "  1000 idle streams: ...",
+    // "  per idle stream:  Rss N B   Private_Dirty N B".
+    let field = |line: &str, name: &str| -> Option<String> {
+        let mut words = line.split_whitespace();
+        words.find(|w| *w == name)?;
+        Some(format!("{} {}", words.next()?, words.next()?))
+    };
+    for (prefix, label) in [
+        ("no client", "`vmux-shim serve`, guest link up, no client"),
+        (
+            "1000 idle streams",
+            "`vmux-shim serve`, 1000 idle client streams through it",
+        ),
+        (
+            "per idle stream",
+            "`vmux-shim serve`, per idle stream (1000 minus none)",
+        ),
+    ] {
+        match text.lines().find(|l| l.trim_start().starts_with(prefix)) {
+            Some(line) => println!(
+                "| {label}: Rss / Private_Dirty (smaps_rollup) | {} / {} |",
+                field(line, "Rss").unwrap_or_default(),
+                field(line, "Private_Dirty").unwrap_or_default()
+            ),
+            None => println!(
+                "| {label} | not measured: no such line from {} |",
+                example.display()
+            ),
+        }
+    }
+}
+
 /// Prints the footprint tables.
 pub fn run(agent: Option<&str>, reps: usize) {
     let dir = std::env::temp_dir().join(format!("vmux-bench-{}", std::process::id()));
@@ -167,6 +272,7 @@ pub fn run(agent: Option<&str>, reps: usize) {
                 println!("| vmux-agent idle, one client session: Private_Dirty | {dirty:.0} KiB |");
                 println!("| vmux-agent idle, one client session: Pss | {pss:.0} KiB |");
                 stop(client);
+                idle_shim(&sock, &dir);
             } else {
                 println!("| vmux-agent idle RSS | not measured: `vmux-agent --listen unix://PATH` did not listen within 3 s (its `serve` is not wired yet) |");
             }
@@ -175,14 +281,7 @@ pub fn run(agent: Option<&str>, reps: usize) {
         }
         None => println!("| static vmux-agent binary | not measured: the static build failed |"),
     }
-    let shim = root().join("target/release/vmux-shim");
-    let shim_serves = Command::new(&shim)
-        .arg("--help")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("serve"));
-    if !shim_serves {
-        println!("| vmux-shim serve | not measured here: no `vmux-shim serve` in this build |");
-    }
+    serve_idle();
     println!();
 
     // A minimal vmux server and client (vmux-idle), idle, with 0 and 1000 streams.

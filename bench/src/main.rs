@@ -7,7 +7,7 @@
 //! machine spreads over every case rather than landing on one.
 //!
 //! ```text
-//! vmux-bench [throughput|latency|pty|footprint|vm|all] [--size BYTES] [--count N] [--reps N]
+//! vmux-bench [throughput|latency|pty|footprint|noisy|vm|all] [--size BYTES] [--count N] [--reps N]
 //! ```
 
 mod cases;

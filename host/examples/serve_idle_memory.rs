@@ -3,6 +3,9 @@
 //!
 //! The guest is a stand-in built from the library in this process (a `Server` session on a unix
 //! socket that accepts every stream and holds it idle), so what is measured is `serve` alone.
+//! `serve` runs with `--max-client-streams` raised to STREAMS (its default lets one client hold
+//! 256; the guest's limit, 1024, caps STREAMS). If anything here fails, `serve` is killed before
+//! this process exits, so a caller reading its output never waits on an orphan.
 //! Run: `cargo build --release -p vmux-shim && cargo run --release -p vmux-shim --example
 //! serve_idle_memory [STREAMS]`.
 
@@ -16,11 +19,25 @@ use vmux::session::Session;
 use vmux::transport::{self, Address, UnixLinkListener};
 use vmux::wire::Role;
 
+/// The guest's stream limit, which is also the most `--max-client-streams` accepts.
+const MAX_STREAMS: usize = 1024;
+
+/// The `serve` child, killed (by its pid) when dropped, also while a panic unwinds.
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn main() {
     let streams: usize = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
+        .unwrap_or(1000)
+        .clamp(1, MAX_STREAMS);
     let shim = shim_binary();
     let dir = std::env::temp_dir().join(format!("vmux-serve-mem-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -57,15 +74,19 @@ fn main() {
         }
     });
 
-    let mut child = Command::new(&shim)
-        .arg("-c")
-        .arg(format!("unix://{}", guest_sock.display()))
-        .arg("serve")
-        .arg("--listen")
-        .arg(format!("unix://{}", serve_sock.display()))
-        .spawn()
-        .expect("spawn vmux-shim serve");
-    let pid = child.id();
+    let mut serve = Serve(
+        Command::new(&shim)
+            .arg("-c")
+            .arg(format!("unix://{}", guest_sock.display()))
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("unix://{}", serve_sock.display()))
+            .arg("--max-client-streams")
+            .arg(streams.max(256).to_string())
+            .spawn()
+            .expect("spawn vmux-shim serve"),
+    );
+    let pid = serve.0.id();
 
     // The guest link is up once the stand-in's session completed HELLO; then let it settle.
     up_rx
@@ -74,7 +95,7 @@ fn main() {
     std::thread::sleep(Duration::from_millis(500));
     let idle = rollup(pid);
 
-    let client = connect_client(&serve_sock, &mut child);
+    let client = connect_client(&serve_sock, &mut serve.0);
     let start = Instant::now();
     let mut held = Vec::with_capacity(streams);
     for i in 0..streams {
@@ -104,8 +125,7 @@ fn main() {
     );
 
     // Stop serve first (by its pid), so no side waits for the held streams to drain.
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(serve);
     drop(held);
     drop(client);
     let _ = std::fs::remove_dir_all(&dir);
