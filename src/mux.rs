@@ -116,7 +116,7 @@ impl Config {
             max_frame: 64 << 10,
             max_streams: 1024,
             stream_window: 512 << 10,
-            min_window: 16 << 10,
+            min_window: 64 << 10,
             max_buffered: 1 << 20,
             chunk: 64 << 10,
             payload_crc: false,
@@ -170,6 +170,7 @@ impl Config {
             reliable: true,
             chunk: 4 << 10,
             stream_window: 256 << 10,
+            min_window: 16 << 10,
             output_high_water: 32 << 10,
             ..Config::new(role, nonce)
         }
@@ -2295,6 +2296,7 @@ mod tests {
     fn data_past_credit_is_reset_with_flow_control() {
         let mut server = Config::new(Role::Server, 2);
         server.stream_window = 16 << 10;
+        server.min_window = 16 << 10;
         let mut p = Pair::with(Config::new(Role::Client, 1), server);
         let id = p.a.open("svc", b"").unwrap();
         p.run();
