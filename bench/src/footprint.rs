@@ -1,6 +1,10 @@
-//! Footprint: the static agent's size and idle memory, a minimal vmux process's idle memory
-//! with 0 and 1000 open streams (so bytes per idle stream), and peak RSS while 64 streams each
-//! move 16 MiB (the 64-stream throughput case, measured in its own process).
+//! Footprint: the static agent's size and idle memory; the real `vmux-shim` connected to that
+//! agent and idle (`forward`, no connection yet); `vmux-shim serve` with no client and with 1000
+//! idle streams through it (its `serve_idle_memory` example); a minimal vmux process's idle memory
+//! with 0 and 1000 open streams (so bytes per idle stream) beside the same binary without vmux
+//! (the floor of any such process); and peak RSS while 64 streams each move 16 MiB (the
+//! 64-stream throughput case, measured in its own process, beside 64 raw socketpairs driven by
+//! the same 128 threads).
 //!
 //! Memory is read from `/proc/PID/status` (`VmRSS`) and `/proc/PID/smaps_rollup`
 //! (`Private_Dirty`, `Pss`) of a process that has connected and gone idle.
