@@ -13,9 +13,13 @@
 //! - **Acknowledgement.** After input that contained sequenced frames, one ACK carries the next
 //!   number expected (cumulative). ACK is never numbered and never retransmitted: a lost ACK is
 //!   covered by the next one, or by the sender's timer.
-//! - **Resend request.** A gap makes the receiver send ACK|RESEND once per expected number, and
-//!   again only after a retransmission timeout if the gap persists (a lost request or a lost
-//!   resend). The sender answers by sending every unacknowledged frame again, oldest first.
+//! - **Resend request.** A gap makes the receiver send ACK|RESEND once per expected number. It
+//!   asks again as soon as a frame arrives that is no further ahead than one already seen since
+//!   the request: numbers only go back when the sender starts a resend round, and a round starts
+//!   with the expected frame, so that round lost it again (at most one request per round).
+//!   Otherwise (a lost request, or nothing after the lost frame) it asks again after a
+//!   retransmission timeout if the gap persists. The sender answers by sending every
+//!   unacknowledged frame again, oldest first.
 //! - **Timer.** Once everything built was written to the link and frames are still unacknowledged,
 //!   the retransmission timer runs; on expiry everything unacknowledged is sent again and the
 //!   timeout doubles (up to `max_rto`). The timeout follows the measured round trip (RFC 6298:
@@ -88,6 +92,17 @@ pub struct ArqStats {
     pub bad_acks: u64,
 }
 
+/// A resend request this side sent, and what arrived since.
+#[derive(Debug, Clone, Copy)]
+struct Request {
+    /// The number asked for (the next expected then).
+    next: u16,
+    /// When.
+    at: Instant,
+    /// The furthest ahead of `next` a frame arrived since (distance, mod 2^16).
+    highest: u16,
+}
+
 /// One direction's sender state and the other direction's receiver state.
 #[derive(Debug)]
 pub struct Arq {
@@ -119,8 +134,8 @@ pub struct Arq {
     rx_next: u16,
     ack_due: bool,
     resend_due: bool,
-    /// The last resend request: (number asked for, when).
-    last_request: Option<(u16, Instant)>,
+    /// The last resend request (it matters while its number is still the one expected).
+    last_request: Option<Request>,
     stats: ArqStats,
 }
 
@@ -262,13 +277,28 @@ impl Arq {
             return Arrival::Duplicate;
         }
         self.stats.out_of_order += 1;
-        let ask = match self.last_request {
-            Some((asked, at)) => asked != self.rx_next || now >= at + self.rto(),
-            None => true,
+        let rto = self.rto();
+        let ask = match &mut self.last_request {
+            Some(r) if r.next == self.rx_next => {
+                // The sender sends numbers in increasing order except when a resend round
+                // starts over from its oldest unacknowledged frame, which is never after the
+                // one expected here. So a frame no further ahead than one already seen since
+                // the request belongs to a later round, that round's copy of the expected frame
+                // came before it and was lost too: ask again now rather than leave the sender
+                // to its timer. One request per round at most (`highest` restarts with it).
+                let new_round = ahead <= r.highest;
+                r.highest = r.highest.max(ahead);
+                new_round || now >= r.at + rto
+            }
+            _ => true,
         };
         if ask {
             self.resend_due = true;
-            self.last_request = Some((self.rx_next, now));
+            self.last_request = Some(Request {
+                next: self.rx_next,
+                at: now,
+                highest: ahead,
+            });
         }
         Arrival::Gap
     }
@@ -483,6 +513,37 @@ mod tests {
         assert_eq!(rx.on_arrival(0, later), Arrival::Duplicate);
         assert_eq!(rx.take_ack(), Some((2, false)));
         assert_eq!(rx.take_ack(), None);
+    }
+
+    #[test]
+    fn a_resend_round_that_loses_the_expected_frame_again_is_asked_for_at_once() {
+        let mut rx = Arq::new(config());
+        // No time passes: only the arrivals can tell the receiver to ask again.
+        let t = Instant::ZERO;
+        assert_eq!(rx.on_arrival(0, t), Arrival::InOrder);
+        // Frame 1 lost in the first sending: 2..=5 arrive, one request.
+        for seq in 2..=5 {
+            assert_eq!(rx.on_arrival(seq, t), Arrival::Gap);
+        }
+        assert_eq!(rx.take_ack(), Some((1, true)));
+        // The resend round (1, 2, 3, ...) loses frame 1 again: 2 comes back, a number already
+        // seen, so that round is over for frame 1. Ask again, once for the whole round.
+        assert_eq!(rx.on_arrival(2, t), Arrival::Gap);
+        assert_eq!(rx.on_arrival(3, t), Arrival::Gap);
+        assert_eq!(rx.take_ack(), Some((1, true)));
+        for seq in 4..=6 {
+            assert_eq!(rx.on_arrival(seq, t), Arrival::Gap);
+        }
+        assert_eq!(rx.take_ack(), Some((1, false)));
+        // A round that starts further on than the first gap frame (3: frame 2 damaged too)
+        // is a new round all the same.
+        assert_eq!(rx.on_arrival(3, t), Arrival::Gap);
+        assert_eq!(rx.take_ack(), Some((1, true)));
+        // The third round brings frame 1; a new gap is asked for at once, as before.
+        assert_eq!(rx.on_arrival(1, t), Arrival::InOrder);
+        assert_eq!(rx.on_arrival(3, t), Arrival::Gap);
+        assert_eq!(rx.take_ack(), Some((2, true)));
+        assert_eq!(rx.stats().resends_asked, 4);
     }
 
     #[test]

@@ -2197,6 +2197,83 @@ mod tests {
         }
     }
 
+    /// Splits `bytes` (whole frames) into frames and keeps those `keep` accepts.
+    fn filter_frames(
+        bytes: &[u8],
+        payload_crc: bool,
+        mut keep: impl FnMut(&wire::FrameHeader<&[u8]>) -> bool,
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let view = wire::FrameHeader::new_unchecked(rest);
+            let len = view.payload_len();
+            let trailer = Kind::from_u8(view.kind_raw())
+                .is_ok_and(|k| wire::has_trailer(k, len, payload_crc));
+            let total = wire::HEADER_LEN + len as usize + if trailer { 4 } else { 0 };
+            if keep(&view) {
+                out.extend_from_slice(&rest[..total]);
+            }
+            rest = &rest[total..];
+        }
+        out
+    }
+
+    #[test]
+    fn a_resend_that_is_lost_again_is_asked_for_again_without_the_timer() {
+        let mut p = Pair::with(
+            Config::serial(Role::Client, 11),
+            Config::serial(Role::Server, 22),
+        );
+        let id = p.a.open("svc", b"").unwrap();
+        p.run();
+        let (bid, _, _) = p.take_incoming();
+        p.b.accept(bid, b"").unwrap();
+        p.run();
+        let data: Vec<u8> = (0..64 << 10).map(|i| (i * 7 + i / 251) as u8).collect();
+        let mut sent = 0;
+        // The link loses one DATA frame, and then its first resend too. The clock never moves,
+        // so no retransmission timer can fire: only resend requests recover.
+        let mut victim = None;
+        let mut losses = 0;
+        let mut received = Vec::new();
+        for _ in 0..1000 {
+            sent += p.a.send(id, &data[sent..]).unwrap();
+            let ab = p.a.poll_transmit().to_vec();
+            p.a.advance_output(p.now, ab.len());
+            let ba = p.b.poll_transmit().to_vec();
+            p.b.advance_output(p.now, ba.len());
+            if ab.is_empty() && ba.is_empty() {
+                break;
+            }
+            let ab = filter_frames(&ab, true, |f| {
+                if f.kind_raw() != Kind::Data as u8 {
+                    return true;
+                }
+                let seq = f.seq();
+                if victim.is_none() && f.payload_len() > 0 {
+                    victim = Some(seq);
+                }
+                if victim == Some(seq) && losses < 2 {
+                    losses += 1;
+                    return false;
+                }
+                true
+            });
+            p.b.handle_input(p.now, &ab);
+            p.a.handle_input(p.now, &ba);
+            received.extend(Pair::drain_rx(&mut p.b, id));
+        }
+        assert_eq!((losses, sent), (2, data.len()));
+        assert_eq!(received.len(), data.len(), "{:?}", p.b.counters());
+        assert!(received == data);
+        let (a, b) = (p.a.counters(), p.b.counters());
+        assert_eq!(a.retransmit_timeouts, 0);
+        // One request for the first loss, one for the resend lost again.
+        assert_eq!((b.resends_asked, a.resend_requests), (2, 2), "{b:?}");
+        assert_eq!(p.a.buffered().retransmit, 0, "everything acknowledged");
+    }
+
     #[test]
     fn hello_exchange_establishes_both_sides() {
         let mut p = Pair::new();
