@@ -168,9 +168,12 @@ pub(crate) enum Command {
         code: ErrorCode,
         message: String,
     },
+    /// A handle queued bytes on `id`; `consumed` is what its reader consumed since its last
+    /// report (the same as a `Consumed` command, carried along to save one).
     Tx {
         session: SessionId,
         id: StreamId,
+        consumed: usize,
     },
     Send {
         session: SessionId,
@@ -800,8 +803,15 @@ impl Core {
                 let _ = s.mux.reject(id, code, &message);
                 Some(session)
             }
-            Command::Tx { session, id } => {
+            Command::Tx {
+                session,
+                id,
+                consumed,
+            } => {
                 let s = self.sessions.get_mut(&session)?;
+                if consumed > 0 {
+                    s.mux.release(id, consumed);
+                }
                 s.move_tx(id);
                 Some(session)
             }

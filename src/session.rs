@@ -419,16 +419,23 @@ impl Stream {
         }
     }
 
-    fn report_consumed(&self, st: &mut StreamState, force: bool) {
-        if st.unreported >= self.shared.report_every || (force && st.unreported > 0) {
-            let n = std::mem::take(&mut st.unreported);
-            // If the reactor is gone, the stream is failing anyway.
-            let _ = self.reactor.send(Command::Consumed {
-                session: self.session,
-                id: self.id,
-                n,
-            });
-        }
+    /// Takes the consumption the reactor has not heard of yet, once it is worth a report: a full
+    /// batch (`report_every`), or anything at all when `force` (the reader is about to wait, and
+    /// the peer may be waiting for exactly this credit). The caller sends it with
+    /// [`Stream::send_consumed`] *after* releasing the state lock: the send may wake the reactor,
+    /// which would otherwise be scheduled only to block on that lock.
+    fn take_report(&self, st: &mut StreamState, force: bool) -> Option<usize> {
+        (st.unreported >= self.shared.report_every || (force && st.unreported > 0))
+            .then(|| std::mem::take(&mut st.unreported))
+    }
+
+    fn send_consumed(&self, n: usize) {
+        // If the reactor is gone, the stream is failing anyway.
+        let _ = self.reactor.send(Command::Consumed {
+            session: self.session,
+            id: self.id,
+            n,
+        });
     }
 }
 
@@ -491,7 +498,11 @@ impl Stream {
                 }
                 st.rx_len -= copied;
                 st.unreported += copied;
-                self.report_consumed(&mut st, false);
+                let report = self.take_report(&mut st, false);
+                drop(st);
+                if let Some(n) = report {
+                    self.send_consumed(n);
+                }
                 return Ok(copied);
             }
             match &st.rx_end {
@@ -499,8 +510,14 @@ impl Stream {
                 RxEnd::Failed(e) => return Err(e.clone().into()),
                 RxEnd::Open => {}
             }
-            // About to wait: make sure the peer is not waiting for credit we owe.
-            self.report_consumed(&mut st, true);
+            // About to wait: make sure the peer is not waiting for credit we owe. The lock is
+            // released for the send, so look at the state again before waiting.
+            if let Some(n) = self.take_report(&mut st, true) {
+                drop(st);
+                self.send_consumed(n);
+                st = self.shared.lock();
+                continue;
+            }
             let (g, timed_out) = wait_until(&self.shared.cond, st, deadline, Waiting::Read);
             st = g;
             if timed_out && st.rx_len == 0 && matches!(st.rx_end, RxEnd::Open) {
@@ -536,11 +553,20 @@ impl Stream {
                 st.tx.push_back(chunk);
                 st.tx_len += n;
                 let notify = !std::mem::replace(&mut st.tx_notified, true);
+                // The command that announces these bytes also carries what this stream's reader
+                // consumed since its last report: in a request/response exchange that spares
+                // the reader's own report (and the wake-up it costs) when it next waits.
+                let consumed = if notify {
+                    std::mem::take(&mut st.unreported)
+                } else {
+                    0
+                };
                 drop(st);
                 if notify {
                     self.reactor.send(Command::Tx {
                         session: self.session,
                         id: self.id,
+                        consumed,
                     })?;
                 }
                 return Ok(n);

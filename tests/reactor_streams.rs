@@ -218,3 +218,45 @@ fn peer_closing_the_link_fails_open_streams() {
     let end = client.wait();
     assert!(!end.is_graceful());
 }
+
+/// A reader that answers what it read, and never waits in `read` again, still returns its
+/// credit: the answer's `Tx` command carries the consumption the reader had not reported (it is
+/// under the 128 KiB report batch), so the peer can send the next request. Without it the
+/// peer's second write would wait for credit until its timeout.
+#[test]
+fn an_answer_carries_the_readers_consumption_back_as_credit() {
+    const WINDOW: usize = 16 << 10;
+    let (client_cfg, mut server_cfg) = configs();
+    server_cfg.stream_window = WINDOW as u32;
+    server_cfg.min_window = WINDOW as u32;
+    let (_ra, client, _rb, server) = pair_sessions(client_cfg, server_cfg);
+    let acceptor = thread::spawn(move || {
+        let answer = server
+            .accept()
+            .expect("accept")
+            .accept(b"")
+            .expect("accept");
+        (server, answer)
+    });
+    let mut request = client.open("echo", b"").expect("open");
+    let (_server, mut answer) = acceptor.join().expect("acceptor");
+    request.set_write_timeout(Some(Duration::from_secs(10)));
+    // The whole initial credit, in one write: it travels as one DATA frame, so the reader
+    // below gets it in one `read` and never waits (waiting would report its consumption).
+    request.write_all(&[7u8; WINDOW]).expect("first request");
+    let mut buf = vec![0u8; WINDOW];
+    let mut got = 0;
+    while got < WINDOW {
+        let n = answer.read(&mut buf[got..]).expect("read request");
+        assert!(n > 0, "early EOF");
+        got += n;
+    }
+    answer.write_all(b"!").expect("answer");
+    // The server never reads again; the client's next window-sized request must still fit.
+    request
+        .write_all(&[8u8; WINDOW])
+        .expect("second request: no credit came back with the answer");
+    let mut one = [0u8; 1];
+    request.read_exact(&mut one).expect("read answer");
+    assert_eq!(&one, b"!");
+}
