@@ -852,6 +852,20 @@ impl Mux {
                 };
                 match self.live.probe {
                     Some((_, sent)) if now >= sent + self.config.keepalive_timeout => {
+                        if self.phase == Phase::Draining && self.drain.drained_sent {
+                            // Nothing of ours is left and the peer has said nothing for a whole
+                            // probe: it most likely ended after lingering while its own DRAINED
+                            // was lost (on a damaged line it lingers only a few retransmission
+                            // timeouts). Waiting longer cannot deliver anything more.
+                            let secs = self.config.keepalive_timeout.as_secs_f64();
+                            return self.fail(
+                                ErrorCode::TIMEOUT,
+                                format!(
+                                    "this side drained and the peer's DRAINED never came: \
+                                     no frame for {secs:.1} s after a PING"
+                                ),
+                            );
+                        }
                         if self.config.end_on_silence {
                             let secs = self.config.keepalive_timeout.as_secs_f64();
                             return self.fail(
@@ -2433,6 +2447,43 @@ mod tests {
         }
         assert_eq!(p.a.termination().unwrap().code, ErrorCode::TIMEOUT);
         assert_eq!(p.a.counters().pings_sent, 1);
+    }
+
+    #[test]
+    fn a_drained_side_whose_peer_falls_silent_ends_instead_of_waiting_forever() {
+        let mut p = Pair::new();
+        let id = p.a.open("svc", b"").unwrap();
+        p.run();
+        p.b.accept(id, b"").unwrap();
+        p.run();
+        p.a.close(id).unwrap();
+        p.b.close(id).unwrap();
+        p.run();
+        assert!(!p.a.has_stream(id));
+        // a drains and says so; the peer's DRAINED (and everything after) is lost: the peer
+        // ended without a's hearing of it.
+        p.a.goaway(ErrorCode::NORMAL, "done");
+        let n = p.a.poll_transmit().len();
+        p.a.advance_output(p.now, n);
+        assert_eq!(p.a.phase(), Phase::Draining);
+        let mut now = p.now;
+        while p.a.phase() != Phase::Terminated {
+            now = now + Duration::from_secs(1);
+            p.a.handle_timeout(now);
+            let n = p.a.poll_transmit().len(); // PINGs go nowhere
+            p.a.advance_output(now, n);
+            assert!(
+                now < p.now + Duration::from_secs(120),
+                "still draining after two minutes of silence"
+            );
+        }
+        let end = p.a.termination().unwrap();
+        assert_eq!(end.code, ErrorCode::TIMEOUT);
+        assert!(
+            end.message.contains("DRAINED never came"),
+            "{}",
+            end.message
+        );
     }
 
     #[test]

@@ -380,14 +380,21 @@ fn noisy_config(role: Role, nonce: u64) -> Config {
 /// Runs one seed over a link that damages `rate` in 10,000 chunks; returns the faults injected
 /// the frames retransmitted and the stream bytes verified.
 fn run_noisy_seed(seed: u64, rate: u64) -> (Faults, u64, u64) {
-    let mut sim = Sim::new(
+    let sim = Sim::new(
         seed,
         noisy_config(Role::Client, seed),
         noisy_config(Role::Server, !seed),
     );
+    noisy_totals(run_noisy_sim(seed, rate, sim, End::Graceful))
+}
+
+fn run_noisy_sim(seed: u64, rate: u64, mut sim: Sim, end: End) -> Sim {
     sim.ab.fault_rate = rate;
     sim.ba.fault_rate = rate;
-    let sim = run_sim(seed, sim);
+    run_sim_ending(seed, sim, end)
+}
+
+fn noisy_totals(sim: Sim) -> (Faults, u64, u64) {
     let mut faults = sim.ab.faults;
     faults.flipped += sim.ba.faults.flipped;
     faults.dropped += sim.ba.faults.dropped;
@@ -402,7 +409,22 @@ fn run_noisy_seed(seed: u64, rate: u64) -> (Faults, u64, u64) {
     (faults, resent, verified)
 }
 
-fn run_sim(seed: u64, mut sim: Sim) -> Sim {
+/// How the graceful shutdown at the end of a run may end.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// DRAINED both ways on both sides.
+    Graceful,
+    /// Gracefully, or (on a line that loses most frames) with TIMEOUT on a side that drained
+    /// and then heard nothing for a keepalive probe: its peer lingered, gave up on delivering
+    /// its own DRAINED, and ended.
+    GracefulOrDrainTimeout,
+}
+
+fn run_sim(seed: u64, sim: Sim) -> Sim {
+    run_sim_ending(seed, sim, End::Graceful)
+}
+
+fn run_sim_ending(seed: u64, mut sim: Sim, end: End) -> Sim {
     let streams = 4 + sim.rng.below(12);
     for tag in 0..streams {
         let there = sim.rng.below(300_000);
@@ -474,7 +496,13 @@ fn run_sim(seed: u64, mut sim: Sim) -> Sim {
     }
     // A graceful shutdown drains both sides.
     sim.a.mux.goaway(ErrorCode::NORMAL, "done");
-    for _ in 0..10_000 {
+    // About 11 s of simulated time, or 110 s where most frames are lost (a HELLO that never got
+    // through is still being retried, once a second).
+    let steps = match end {
+        End::Graceful => 10_000,
+        End::GracefulOrDrainTimeout => 100_000,
+    };
+    for _ in 0..steps {
         sim.step();
         if sim.a.mux.phase() == Phase::Terminated && sim.b.mux.phase() == Phase::Terminated {
             break;
@@ -490,14 +518,15 @@ fn run_sim(seed: u64, mut sim: Sim) -> Sim {
             p.mux.counters()
         );
     }
-    assert!(
-        sim.a.mux.termination().unwrap().is_graceful(),
-        "seed {seed}"
-    );
-    assert!(
-        sim.b.mux.termination().unwrap().is_graceful(),
-        "seed {seed}"
-    );
+    for p in [&sim.a, &sim.b] {
+        let t = p.mux.termination().unwrap();
+        let drain_timeout =
+            t.code == ErrorCode::TIMEOUT && t.message.contains("DRAINED never came");
+        assert!(
+            t.is_graceful() || (end == End::GracefulOrDrainTimeout && drain_timeout),
+            "seed {seed}: ended with {t:?}"
+        );
+    }
     sim
 }
 
@@ -524,6 +553,38 @@ fn a_noisy_link_with_retransmission_delivers_every_byte_exactly_once() {
         "too few faults to mean anything: {faults:?}"
     );
     assert!(resent > 0);
+}
+
+/// A line that damages half of all chunks, in both directions: most frames are lost, some
+/// more than once in a row. Every byte still arrives exactly once, and every session still ends:
+/// gracefully, or, where a side's DRAINED could not get through before its peer stopped
+/// lingering, with TIMEOUT on the side left waiting (it used to wait for ever). Keepalive is
+/// short here so a probe fits in the shutdown phase.
+#[test]
+fn a_line_that_loses_most_frames_still_delivers_and_every_session_ends() {
+    let config = |role, nonce| {
+        let mut c = noisy_config(role, nonce);
+        c.keepalive_interval = Some(Duration::from_secs(5));
+        c.keepalive_timeout = Duration::from_secs(10);
+        c
+    };
+    let mut drain_timeouts = 0;
+    let mut verified = 0;
+    for seed in 1..=12 {
+        let sim = Sim::new(
+            seed,
+            config(Role::Client, seed),
+            config(Role::Server, !seed),
+        );
+        let sim = run_noisy_sim(seed, 5_000, sim, End::GracefulOrDrainTimeout);
+        drain_timeouts += [&sim.a, &sim.b]
+            .iter()
+            .filter(|p| !p.mux.termination().unwrap().is_graceful())
+            .count();
+        verified += noisy_totals(sim).2;
+    }
+    eprintln!("{verified} stream bytes verified; {drain_timeouts} sides ended by drain timeout");
+    assert!(verified > 0);
 }
 
 #[test]
