@@ -857,11 +857,11 @@ impl Mux {
                             // Nothing of ours is left and the peer has said nothing for a whole
                             // probe: on a damaged line it most likely ended after lingering while
                             // its own DRAINED was lost. Waiting longer cannot deliver anything
-                            // more, and the line stays open (a port starts its next session on
-                            // the same fd), so frames of ours still queued on it reach a peer
-                            // that was only paused. Socket links report a dead peer themselves
-                            // and closing them drops unread bytes: there silence is only
-                            // reported, as for any session.
+                            // more. (A port stays open and starts its next session on the same
+                            // fd, so its frames still queued there reach a peer that was only
+                            // paused.) Socket links report a dead peer themselves and closing
+                            // them drops unread bytes: there silence is only reported, as for
+                            // any session.
                             let secs = self.config.keepalive_timeout.as_secs_f64();
                             return self.fail(
                                 ErrorCode::TIMEOUT,
