@@ -852,6 +852,7 @@ impl Mux {
                 };
                 match self.live.probe {
                     Some((_, sent)) if now >= sent + self.config.keepalive_timeout => {
+                        let secs = self.config.keepalive_timeout.as_secs_f64();
                         if self.reliable && self.phase == Phase::Draining && self.drain.drained_sent
                         {
                             // Nothing of ours is left and the peer has said nothing for a whole
@@ -862,7 +863,6 @@ impl Mux {
                             // paused.) Socket links report a dead peer themselves and closing
                             // them drops unread bytes: there silence is only reported, as for
                             // any session.
-                            let secs = self.config.keepalive_timeout.as_secs_f64();
                             return self.fail(
                                 ErrorCode::TIMEOUT,
                                 format!(
@@ -872,7 +872,6 @@ impl Mux {
                             );
                         }
                         if self.config.end_on_silence {
-                            let secs = self.config.keepalive_timeout.as_secs_f64();
                             return self.fail(
                                 ErrorCode::TIMEOUT,
                                 format!("no frame from the peer for {secs:.1} s after a PING"),
@@ -2229,7 +2228,8 @@ mod tests {
             let len = view.payload_len();
             let trailer = Kind::from_u8(view.kind_raw())
                 .is_ok_and(|k| wire::has_trailer(k, len, payload_crc));
-            let total = wire::HEADER_LEN + len as usize + if trailer { 4 } else { 0 };
+            let total =
+                wire::HEADER_LEN + len as usize + if trailer { wire::TRAILER_LEN } else { 0 };
             if keep(&view) {
                 out.extend_from_slice(&rest[..total]);
             }

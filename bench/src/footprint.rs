@@ -152,14 +152,14 @@ fn shim_binaries() -> Option<(PathBuf, PathBuf)> {
 
 /// The real shim, connected to the agent listening on `agent_sock` and idle: `vmux-shim forward`
 /// holds its session with no stream open until a local connection arrives.
-fn idle_shim(agent_sock: &Path, dir: &Path) {
-    let Some((shim, _)) = shim_binaries() else {
+fn idle_shim(shim: Option<&Path>, agent_sock: &Path, dir: &Path) {
+    let Some(shim) = shim else {
         println!("| vmux-shim idle | not measured: the release build of vmux-shim failed |");
         return;
     };
     let _ = Command::new("sync").status();
     let listen = dir.join("forward.sock");
-    let mut child = Command::new(&shim)
+    let mut child = Command::new(shim)
         .arg("-c")
         .arg(format!("unix://{}", agent_sock.display()))
         .arg("forward")
@@ -188,13 +188,13 @@ fn idle_shim(agent_sock: &Path, dir: &Path) {
 
 /// `vmux-shim serve` with no client and with 1000 idle streams through it, from the shim's
 /// `serve_idle_memory` example (a stand-in guest in the example's process).
-fn serve_idle() {
-    let Some((_, example)) = shim_binaries() else {
+fn serve_idle(example: Option<&Path>) {
+    let Some(example) = example else {
         println!("| vmux-shim serve | not measured: the release build of vmux-shim failed |");
         return;
     };
     let _ = Command::new("sync").status();
-    let Ok(out) = Command::new(&example).arg("1000").output() else {
+    let Ok(out) = Command::new(example).arg("1000").output() else {
         println!(
             "| vmux-shim serve | not measured: {} did not run |",
             example.display()
@@ -242,6 +242,12 @@ pub fn run(agent: Option<&str>, reps: usize) {
 
     // The static agent: size, and idle memory with one client session connected.
     let agent = agent_binary(agent);
+    // The release shim and its serve example, built once for the shim rows below.
+    let shim = shim_binaries();
+    let (shim_bin, serve_example) = match &shim {
+        Some((bin, example)) => (Some(bin.as_path()), Some(example.as_path())),
+        None => (None, None),
+    };
     // A binary written moments ago (by the builds above) sits in the page cache as dirty pages,
     // which smaps counts as Private_Dirty of every process mapping it: flush them first.
     let _ = Command::new("sync").status();
@@ -276,7 +282,7 @@ pub fn run(agent: Option<&str>, reps: usize) {
                 println!("| vmux-agent idle, one client session: Private_Dirty | {dirty:.0} KiB |");
                 println!("| vmux-agent idle, one client session: Pss | {pss:.0} KiB |");
                 stop(client);
-                idle_shim(&sock, &dir);
+                idle_shim(shim_bin, &sock, &dir);
             } else {
                 println!("| vmux-agent idle RSS | not measured: `vmux-agent --listen unix://PATH` did not listen within 3 s (its `serve` is not wired yet) |");
             }
@@ -285,7 +291,7 @@ pub fn run(agent: Option<&str>, reps: usize) {
         }
         None => println!("| static vmux-agent binary | not measured: the static build failed |"),
     }
-    serve_idle();
+    serve_idle(serve_example);
     println!();
 
     // A minimal vmux server and client (vmux-idle), idle, with 0 and 1000 streams.
